@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Measures farm-cas (filesystem store) on loopback and prints BENCHMARKS.md rows, side by side
+# with this machine's single-core SHA-256 speed and loopback TCP limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=$(mktemp -d)
+server_pid=""
+sampler_pid=""
+cleanup() {
+    [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null || true
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== machine"
+nproc_n=$(nproc)
+cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+echo "cpu: $cpu, $nproc_n cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+sha=$(openssl speed -evp sha256 -seconds 2 2>/dev/null | awk '/^sha256/{print $NF}' | tr -d k)
+sha_mbs=$(python3 -c "print(round(float('$sha')*1000/1e6, 1))")
+echo "RESULT openssl_sha256_16k_single_core $sha_mbs MB/s"
+
+cargo build --release -p cas --bin farm-cas
+cargo bench -p cas --bench grpc_throughput --no-run
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/release/farm-cas --listen "127.0.0.1:$port" --root "$work/store" --max-size "8 GiB" &
+server_pid=$!
+for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
+    sleep 0.1
+done
+
+# Server RSS sampled every 100 ms while the benchmark runs.
+( while kill -0 "$server_pid" 2>/dev/null; do
+      echo "$(date +%s.%N) $(awk '/VmRSS/{print $2}' /proc/$server_pid/status)"
+      sleep 0.1
+  done ) > "$work/rss.log" &
+sampler_pid=$!
+
+cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" bytestream find_missing batch_update
+rss_before=$(tail -1 "$work/rss.log" | awk '{print $2}')
+start=$(date +%s.%N)
+cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" stream_2gib
+end=$(date +%s.%N)
+peak=$(awk -v s="$start" -v e="$end" '$1>=s && $1<=e && $2>m {m=$2} END {print m}' "$work/rss.log")
+echo "RESULT server_rss_before_2gib $((rss_before / 1024)) MiB"
+echo "RESULT server_rss_peak_during_2gib $((peak / 1024)) MiB"

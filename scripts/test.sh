@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace against real services.
+#
+# Installs what is missing (redis-server via apt-get, s3s-fs via cargo install), starts Redis and
+# an S3 server on free 127.0.0.1 ports, runs fmt, clippy and the test suite, and stops exactly the
+# processes it started. Works non-interactively (CI=true, no stdin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/test-services.sh
+source scripts/test-services.sh
+trap stop_services EXIT
+
+echo "== services"
+start_redis
+start_s3
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked -- --test-threads "${FARM_TEST_THREADS:-2}"
