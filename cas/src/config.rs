@@ -1,0 +1,219 @@
+//! Typed description of a storage stack: which backends, which decorators, how they nest.
+//!
+//! Binaries read it from TOML (see README.md for one example per backend) and call [`build`];
+//! the library never reads files or flags itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::error::StoreError;
+use crate::store::filesystem::FilesystemStore;
+use crate::store::memory::MemoryStore;
+use crate::store::size_partitioned::SizePartitionedStore;
+use crate::store::tiered::TieredStore;
+use crate::store::verifying::VerifyingStore;
+use crate::store::BlobStore;
+
+/// One node of a store stack.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In memory, LRU-evicted under `max_bytes`.
+    Memory { max_bytes: ByteSize },
+    /// On local disk under `root`, LRU-evicted under `max_bytes`; survives restarts.
+    Filesystem { root: PathBuf, max_bytes: ByteSize },
+    /// In Redis (small blobs, action results); refuses blobs over `max_blob_bytes`.
+    Redis {
+        url: String,
+        #[serde(default)]
+        key_prefix: String,
+        #[serde(default = "default_redis_cap")]
+        max_blob_bytes: ByteSize,
+    },
+    /// In an S3 bucket (any S3-compatible server with `endpoint`).
+    S3 {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default = "default_region")]
+        region: String,
+        /// Static credentials; when absent the AWS default chain (environment, profile) is used.
+        #[serde(default)]
+        access_key_id: Option<String>,
+        #[serde(default)]
+        secret_access_key: Option<String>,
+        #[serde(default = "yes")]
+        force_path_style: bool,
+        #[serde(default = "default_part_size")]
+        part_size: ByteSize,
+        #[serde(default = "default_s3_concurrency")]
+        max_concurrency: usize,
+    },
+    /// Reads from `fast`, falling back to `slow` and populating `fast`; writes to both.
+    Tiered {
+        fast: Box<StoreConfig>,
+        slow: Box<StoreConfig>,
+    },
+    /// Blobs smaller than `threshold` go to `small`, the rest to `large`.
+    SizePartitioned {
+        threshold: ByteSize,
+        small: Box<StoreConfig>,
+        large: Box<StoreConfig>,
+    },
+    /// Hashes every write and refuses content that does not match its digest. (The storage
+    /// services always add one on top of the CAS; use this to guard an inner layer too.)
+    Verifying { inner: Box<StoreConfig> },
+}
+
+fn default_redis_cap() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_part_size() -> ByteSize {
+    ByteSize::mib(16)
+}
+fn default_s3_concurrency() -> usize {
+    128
+}
+
+impl StoreConfig {
+    /// The root of the first filesystem store in this stack, depth first, fast tiers first:
+    /// where upload spool files should live so a finished upload is a rename.
+    pub fn first_filesystem_root(&self) -> Option<&Path> {
+        match self {
+            StoreConfig::Filesystem { root, .. } => Some(root),
+            StoreConfig::Tiered { fast, slow } => fast
+                .first_filesystem_root()
+                .or_else(|| slow.first_filesystem_root()),
+            StoreConfig::SizePartitioned { small, large, .. } => large
+                .first_filesystem_root()
+                .or_else(|| small.first_filesystem_root()),
+            StoreConfig::Verifying { inner } => inner.first_filesystem_root(),
+            _ => None,
+        }
+    }
+}
+
+/// Opens every backend of `config` and composes the decorators.
+pub fn build(
+    config: &StoreConfig,
+) -> futures::future::BoxFuture<'_, Result<Arc<dyn BlobStore>, StoreError>> {
+    Box::pin(async move {
+        let store: Arc<dyn BlobStore> = match config {
+            StoreConfig::Memory { max_bytes } => Arc::new(MemoryStore::new(max_bytes.as_u64())),
+            StoreConfig::Filesystem { root, max_bytes } => {
+                Arc::new(FilesystemStore::open(root.clone(), max_bytes.as_u64()).await?)
+            }
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                max_blob_bytes,
+            } => Arc::new(
+                crate::store::redis::RedisStore::connect(
+                    url,
+                    key_prefix.clone(),
+                    max_blob_bytes.as_u64(),
+                )
+                .await?,
+            ),
+            #[cfg(not(feature = "redis"))]
+            StoreConfig::Redis { .. } => return Err(not_built_in("redis")),
+            #[cfg(feature = "s3")]
+            StoreConfig::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                access_key_id,
+                secret_access_key,
+                force_path_style,
+                part_size,
+                max_concurrency,
+            } => Arc::new(
+                crate::store::s3::S3Store::new(crate::store::s3::S3Options {
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    endpoint: endpoint.clone(),
+                    region: region.clone(),
+                    access_key_id: access_key_id.clone(),
+                    secret_access_key: secret_access_key.clone(),
+                    force_path_style: *force_path_style,
+                    part_size_bytes: part_size.as_u64(),
+                    max_concurrency: *max_concurrency,
+                })
+                .await?,
+            ),
+            #[cfg(not(feature = "s3"))]
+            StoreConfig::S3 { .. } => return Err(not_built_in("s3")),
+            StoreConfig::Tiered { fast, slow } => {
+                Arc::new(TieredStore::new(build(fast).await?, build(slow).await?))
+            }
+            StoreConfig::SizePartitioned {
+                threshold,
+                small,
+                large,
+            } => Arc::new(SizePartitionedStore::new(
+                threshold.as_u64(),
+                build(small).await?,
+                build(large).await?,
+            )),
+            StoreConfig::Verifying { inner } => Arc::new(VerifyingStore::new(build(inner).await?)),
+        };
+        Ok(store)
+    })
+}
+
+#[allow(dead_code)]
+fn not_built_in(feature: &str) -> StoreError {
+    StoreError::FailedPrecondition(format!(
+        "this binary was built without the `{feature}` store (cargo feature `{feature}`)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_nested_stack_with_human_sizes() {
+        let cfg: StoreConfig = toml::from_str(
+            r#"
+            kind = "size_partitioned"
+            threshold = "1 MiB"
+            [small]
+            kind = "memory"
+            max_bytes = "512 MiB"
+            [large]
+            kind = "tiered"
+            fast = { kind = "filesystem", root = "/var/cache/farm", max_bytes = "10 GiB" }
+            slow = { kind = "s3", bucket = "farm", endpoint = "http://127.0.0.1:9000" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.first_filesystem_root(), Some(Path::new("/var/cache/farm")));
+        let StoreConfig::SizePartitioned { threshold, .. } = cfg else {
+            panic!("wrong variant")
+        };
+        assert_eq!(threshold.as_u64(), 1 << 20);
+    }
+
+    #[test]
+    fn refuses_unknown_kinds_and_fields() {
+        let e = toml::from_str::<StoreConfig>("kind = \"floppy\"").unwrap_err();
+        assert!(e.to_string().contains("floppy"), "{e}");
+        let e = toml::from_str::<StoreConfig>("kind = \"memory\"\nmax_bytes = 1\ncolour = 2")
+            .unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

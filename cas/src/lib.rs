@@ -14,6 +14,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod service;
 pub mod spool;
+pub mod status_http;
 pub mod store;
 
 pub use digest::{Digest, DigestHasher};

@@ -1,1 +1,169 @@
-fn main() {}
+//! `farm-cas`: the REAPI storage server (Capabilities, CAS, ActionCache, ByteStream) on one port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytesize::ByteSize;
+use cas::config::{self, StoreConfig};
+use cas::service::{Storage, StorageOptions};
+use cas::status_http::{self, Readiness};
+use clap::Parser;
+use serde::Deserialize;
+
+/// REAPI v2 content-addressed storage and action cache.
+#[derive(Parser, Debug)]
+#[command(name = "farm-cas", version)]
+struct Args {
+    /// gRPC address to serve on, e.g. 127.0.0.1:8980 (overrides `listen` in --config).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Serve a filesystem store rooted here (blobs under ROOT/cas, action results under ROOT/ac).
+    #[arg(long, conflicts_with = "config")]
+    root: Option<PathBuf>,
+    /// Byte budget of the --root store before least-recently-used blobs are evicted.
+    #[arg(long, default_value = "10 GiB", requires = "root")]
+    max_size: ByteSize,
+    /// TOML file describing the store stack (see README.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// The `--config` file.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    cas: StoreConfig,
+    action_cache: StoreConfig,
+    /// Where uploads are spooled; defaults to the tmp/ folder of the first filesystem store.
+    spool_dir: Option<PathBuf>,
+    max_batch_total_bytes: Option<ByteSize>,
+    #[serde(default = "yes")]
+    completeness_check: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let file = match (&args.config, &args.root) {
+        (Some(path), _) => read_config(path)?,
+        (None, Some(root)) => FileConfig {
+            listen: None,
+            metrics_listen: None,
+            cas: StoreConfig::Filesystem {
+                root: root.join("cas"),
+                max_bytes: args.max_size,
+            },
+            action_cache: StoreConfig::Filesystem {
+                root: root.join("ac"),
+                max_bytes: ByteSize::b(args.max_size.as_u64() / 10 + 1),
+            },
+            spool_dir: None,
+            max_batch_total_bytes: None,
+            completeness_check: true,
+        },
+        (None, None) => bail!("give either --root DIR (a filesystem store) or --config FILE"),
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .context("no address to serve on: give --listen ADDR (or `listen` in --config)")?;
+
+    let spool_dir = match (&file.spool_dir, file.cas.first_filesystem_root()) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(root)) => root.join("tmp"),
+        (None, None) => std::env::temp_dir().join(format!("farm-cas-uploads-{}", std::process::id())),
+    };
+    let cas_store = config::build(&file.cas)
+        .await
+        .with_context(|| format!("opening the CAS store {:?}", file.cas))?;
+    let ac_store = config::build(&file.action_cache)
+        .await
+        .with_context(|| format!("opening the action-cache store {:?}", file.action_cache))?;
+    let mut options = StorageOptions::new(spool_dir);
+    if let Some(max) = file.max_batch_total_bytes {
+        options.max_batch_total_bytes = max.as_u64();
+    }
+    options.completeness_check = file.completeness_check;
+    let storage = Storage::new(cas_store, ac_store, options);
+
+    let readiness = Readiness::default();
+    if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+        let bound = status_http::serve(addr, readiness.clone())
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    }
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server = grpc_server();
+    let router = storage.add_to(&mut server);
+    readiness.set_ready(true);
+    tracing::info!(%bound, "farm-cas serving REAPI storage");
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("farm-cas stopped");
+    Ok(())
+}
+
+/// A tonic server tuned for bulk blob traffic: large HTTP/2 windows so one stream can fill a
+/// fast link, and keep-alives that notice dead peers.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(64 << 20))
+        .max_frame_size(Some((1 << 24) - 1))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+fn read_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

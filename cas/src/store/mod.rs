@@ -24,6 +24,7 @@ use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::spool::VerifiedFile;
 
+pub mod fan_out;
 pub mod filesystem;
 pub mod memory;
 #[cfg(feature = "redis")]
