@@ -67,6 +67,21 @@ impl Storage {
             options: Arc::new(options),
         }
     }
+
+    /// Adds every storage service (Capabilities, ContentAddressableStorage, ActionCache,
+    /// ByteStream) to `server`; the caller may add more services to the returned router and
+    /// serve it. Multi-megabyte batches want HTTP/2 windows larger than the 64 KiB default
+    /// (`initial_stream_window_size` / `initial_connection_window_size` on `server`).
+    pub fn add_to(
+        &self,
+        server: &mut tonic::transport::Server,
+    ) -> tonic::transport::server::Router {
+        server
+            .add_service(capabilities::service(self))
+            .add_service(cas::service(self))
+            .add_service(action_cache::service(self))
+            .add_service(bytestream::service(self))
+    }
 }
 
 /// Runs one RPC body, recording its count by status code and its latency under `method`.
