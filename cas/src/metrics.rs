@@ -96,14 +96,23 @@ pub fn record_lookup(cache: &str, hit: bool) {
     LOOKUPS.with_label_values(&[cache, result]).inc();
 }
 
-/// Makes every metric exist (at zero) so scrapes show the full set before traffic arrives.
+/// Makes every metric exist (at zero, with its known label values) so scrapes show the full
+/// documented set before traffic arrives; Prometheus' encoder omits label-less vectors.
 pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_SECONDS);
-    LazyLock::force(&BYTES);
-    LazyLock::force(&LOOKUPS);
-    LazyLock::force(&EVICTIONS);
-    LazyLock::force(&EVICTED_BYTES);
+    for direction in ["read", "written"] {
+        BYTES.with_label_values(&[direction]);
+    }
+    for cache in ["cas", "action_cache"] {
+        for result in ["hit", "miss"] {
+            LOOKUPS.with_label_values(&[cache, result]);
+        }
+    }
+    for store in ["memory", "filesystem"] {
+        EVICTIONS.with_label_values(&[store]);
+        EVICTED_BYTES.with_label_values(&[store]);
+    }
 }
 
 /// The text exposition of every registered metric.
