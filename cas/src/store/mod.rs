@@ -26,6 +26,7 @@ use crate::spool::VerifiedFile;
 
 pub mod fan_out;
 pub mod filesystem;
+pub mod grpc;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
