@@ -7,17 +7,21 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 
 use crate::digest::{Digest, DigestHasher};
 use crate::error::StoreError;
 use crate::store::ChunkStream;
 
 /// A file being written and hashed.
+///
+/// Each chunk is hashed and written on tokio's blocking pool, without copying it, while the
+/// caller's task goes on receiving the next one. The file and hasher travel with the chunk;
+/// if a write is cancelled half-way they are lost and the spool refuses further use.
 pub struct Spool {
-    file: tokio::fs::File,
+    state: Option<(std::fs::File, DigestHasher)>,
     path: TempPath,
-    hasher: DigestHasher,
+    len: u64,
 }
 
 impl Spool {
@@ -25,39 +29,60 @@ impl Spool {
     pub async fn create(dir: &Path) -> Result<Spool, StoreError> {
         tokio::fs::create_dir_all(dir).await?;
         let path = dir.join(format!("spool-{}", uuid::Uuid::new_v4()));
+        let guard = TempPath(Some(path.clone()));
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .await?;
+            .await?
+            .into_std()
+            .await;
         Ok(Spool {
-            file,
-            path: TempPath(Some(path)),
-            hasher: DigestHasher::new(),
+            state: Some((file, DigestHasher::new())),
+            path: guard,
+            len: 0,
         })
     }
 
-    /// Appends and hashes one chunk.
+    /// Appends and hashes one chunk (copies it; prefer [`Spool::write_owned`]).
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.hasher.update(chunk);
-        self.file.write_all(chunk).await?;
+        self.write_owned(chunk.to_vec()).await
+    }
+
+    /// Appends and hashes one chunk without copying it.
+    pub async fn write_owned<B>(&mut self, chunk: B) -> Result<(), StoreError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+    {
+        let (mut file, mut hasher) = self.state.take().ok_or_else(interrupted)?;
+        let n = chunk.as_ref().len() as u64;
+        let (file, hasher, written) = tokio::task::spawn_blocking(move || {
+            hasher.update(chunk.as_ref());
+            let written = file.write_all(chunk.as_ref());
+            (file, hasher, written)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("spool writer failed: {e}")))?;
+        written?;
+        self.state = Some((file, hasher));
+        self.len += n;
         Ok(())
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.hasher.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hasher.is_empty()
+        self.len == 0
     }
 
     /// Closes the file and checks it against `expected`.
     pub async fn finish(mut self, expected: &Digest) -> Result<VerifiedFile, StoreError> {
-        self.file.flush().await?;
-        drop(self.file);
-        let actual = self.hasher.finish();
+        let (file, hasher) = self.state.take().ok_or_else(interrupted)?;
+        drop(file);
+        let actual = hasher.finish();
         if actual != *expected {
             return Err(mismatch(expected, &actual));
         }
@@ -66,6 +91,10 @@ impl Spool {
             digest: actual,
         })
     }
+}
+
+fn interrupted() -> StoreError {
+    StoreError::Internal("spool unusable: an earlier write to it was interrupted".into())
 }
 
 /// The error for content that does not hash to the digest it was sent under.

@@ -218,7 +218,7 @@ impl Checkout {
     }
 
     /// Appends one request's data; if this future is dropped half-way, the upload is dropped too.
-    pub(super) async fn append(&mut self, data: &[u8], digest: &Digest) -> Result<(), Status> {
+    pub(super) async fn append(&mut self, data: Vec<u8>, digest: &Digest) -> Result<(), Status> {
         let Some(upload) = self.upload.as_deref_mut() else {
             return Err(Status::internal("append to a checkout without an upload"));
         };
@@ -352,14 +352,14 @@ impl PartialUpload {
 
     /// Appends one request's data (compressed or not), refusing anything beyond the digest's
     /// size.
-    async fn append(&mut self, data: &[u8], digest: &Digest) -> Result<(), Status> {
+    async fn append(&mut self, data: Vec<u8>, digest: &Digest) -> Result<(), Status> {
         let size = digest.size();
         let len = data.len() as u64;
         let Some(zstd) = &mut self.zstd else {
             if self.spool.len() + len > size {
                 return Err(overlong(digest, self.spool.len() + len));
             }
-            self.spool.write(data).await.map_err(Status::from)?;
+            self.spool.write_owned(data).await.map_err(Status::from)?;
             self.committed += len as i64;
             return Ok(());
         };
@@ -373,7 +373,7 @@ impl PartialUpload {
                 zstd.consumed + len
             )));
         }
-        let mut input = InBuffer::around(data);
+        let mut input = InBuffer::around(&data[..]);
         loop {
             let before = input.pos();
             let (hint, produced) = {
@@ -456,7 +456,7 @@ mod tests {
         let data = vec![7u8; 1000];
         let digest = Digest::of(&data);
         let (registry, mut checkout) = registry_with_upload(dir.path(), "u").await;
-        checkout.append(&data[..400], &digest).await.unwrap();
+        checkout.append(data[..400].to_vec(), &digest).await.unwrap();
         assert_eq!(
             registry.progress("u"),
             Some(400),
@@ -485,7 +485,7 @@ mod tests {
         for _ in 0..20 {
             let (registry, mut checkout) = registry_with_upload(dir.path(), "u").await;
             let pending = {
-                let mut append = Box::pin(checkout.append(&data, &digest));
+                let mut append = Box::pin(checkout.append(data.clone(), &digest));
                 futures::poll!(&mut append).is_pending()
             };
             drop(checkout);

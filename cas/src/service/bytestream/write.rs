@@ -114,7 +114,7 @@ async fn append_all(
     digest: Digest,
 ) -> Result<Checkout, Status> {
     while let Some(chunk) = chunks.recv().await {
-        if let Err(status) = checkout.append(&chunk, &digest).await {
+        if let Err(status) = checkout.append(chunk, &digest).await {
             checkout.discard();
             return Err(status);
         }
