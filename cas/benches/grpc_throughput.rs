@@ -191,15 +191,26 @@ async fn batch_update_4kib(url: &str) {
         .map(|req| {
             let mut client = ContentAddressableStorageClient::new(channel.clone());
             async move {
-                let resp = client.batch_update_blobs(req).await.expect("batch update").into_inner();
-                assert!(resp.responses.iter().all(|r| r.status.as_ref().is_none_or(|s| s.code == 0)));
+                let resp = client
+                    .batch_update_blobs(req)
+                    .await
+                    .expect("batch update")
+                    .into_inner();
+                assert!(resp
+                    .responses
+                    .iter()
+                    .all(|r| r.status.as_ref().is_none_or(|s| s.code == 0)));
             }
         })
         .buffer_unordered(concurrency)
         .collect::<Vec<()>>()
         .await;
     let secs = start.elapsed().as_secs_f64();
-    result("batch_update_4kib", (batches * per_batch) as f64 / secs, "blobs/s");
+    result(
+        "batch_update_4kib",
+        (batches * per_batch) as f64 / secs,
+        "blobs/s",
+    );
 }
 
 /// Streams a 2 GiB blob in and out without holding it; the script samples server RSS meanwhile.
@@ -231,13 +242,20 @@ async fn stream_2gib(url: &str) {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let Some(url) = args.first() else {
         eprintln!("usage: cargo bench -p cas --bench grpc_throughput -- URL [SCENARIO...]");
         std::process::exit(2);
     };
     let all = ["bytestream", "find_missing", "batch_update", "stream_2gib"];
-    let picked: Vec<&str> = if args.len() > 1 { args[1..].iter().map(String::as_str).collect() } else { all.to_vec() };
+    let picked: Vec<&str> = if args.len() > 1 {
+        args[1..].iter().map(String::as_str).collect()
+    } else {
+        all.to_vec()
+    };
     for s in picked {
         match s {
             "bytestream" => bytestream_256mib(url).await,

@@ -201,7 +201,10 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(cfg.first_filesystem_root(), Some(Path::new("/var/cache/farm")));
+        assert_eq!(
+            cfg.first_filesystem_root(),
+            Some(Path::new("/var/cache/farm"))
+        );
         let StoreConfig::SizePartitioned { threshold, .. } = cfg else {
             panic!("wrong variant")
         };

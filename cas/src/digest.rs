@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(Digest::parse(&h, -1), Err(DigestError::NegativeSize(-1)));
         assert!(format!("{h}/+3").parse::<Digest>().is_err());
         assert!(format!("{h}/3x").parse::<Digest>().is_err());
-        assert_eq!(format!("{h}/3").parse::<Digest>().unwrap(), Digest::of(b"abc"));
+        assert_eq!(
+            format!("{h}/3").parse::<Digest>().unwrap(),
+            Digest::of(b"abc")
+        );
     }
 
     #[test]

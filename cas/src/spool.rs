@@ -167,6 +167,10 @@ mod tests {
         s.write(b"hellO").await.unwrap();
         let err = s.finish(&Digest::of(b"hello")).await.err().unwrap();
         assert!(matches!(err, StoreError::InvalidArgument(_)));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
     }
 }

@@ -88,7 +88,9 @@ async fn write_blob(url: &str, data: &[u8]) -> Digest {
 }
 
 async fn missing(url: &str, digests: &[Digest]) -> Vec<String> {
-    let mut client = ContentAddressableStorageClient::connect(url.to_string()).await.unwrap();
+    let mut client = ContentAddressableStorageClient::connect(url.to_string())
+        .await
+        .unwrap();
     client
         .find_missing_blobs(reapi::FindMissingBlobsRequest {
             instance_name: "main".into(),
@@ -140,7 +142,9 @@ async fn blobs_and_results_survive_restarts_graceful_and_killed() {
         exit_code: 0,
         ..Default::default()
     };
-    let mut ac = ActionCacheClient::connect(server.grpc.clone()).await.unwrap();
+    let mut ac = ActionCacheClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
     ac.update_action_result(reapi::UpdateActionResultRequest {
         instance_name: "main".into(),
         action_digest: Some(action.to_proto()),
@@ -162,7 +166,9 @@ async fn blobs_and_results_survive_restarts_graceful_and_killed() {
     server.child.wait().unwrap();
     let server = start(&["--root", root]);
     assert!(missing(&server.grpc, &[blob]).await.is_empty());
-    let mut ac = ActionCacheClient::connect(server.grpc.clone()).await.unwrap();
+    let mut ac = ActionCacheClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
     let got = ac
         .get_action_result(reapi::GetActionResultRequest {
             instance_name: "main".into(),
@@ -230,10 +236,18 @@ async fn metrics_exist_and_move_with_traffic() {
     let names: Vec<&str> = before.samples.iter().map(|s| s.metric.as_str()).collect();
     for family in ["farm_cas_bytes_total", "farm_cas_lookups_total"] {
         // Counter vectors appear once a label set is used; the families are declared regardless.
-        assert!(before.docs.contains_key(family), "{family} declared: {names:?}");
+        assert!(
+            before.docs.contains_key(family),
+            "{family} declared: {names:?}"
+        );
     }
     let d = write_blob(&server.grpc, b"metrics please").await;
-    assert!(missing(&server.grpc, &[d, Digest::of(b"absent")]).await.len() == 1);
+    assert!(
+        missing(&server.grpc, &[d, Digest::of(b"absent")])
+            .await
+            .len()
+            == 1
+    );
     let after = scrape(http_get(&addr, "/metrics").await.1);
     let value = |s: &prometheus_parse::Scrape, name: &str, label: (&str, &str)| -> f64 {
         s.samples
@@ -306,7 +320,11 @@ fn bad_invocations_name_the_problem() {
     assert!(err.contains("--root") && err.contains("--config"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[cas]\nkind = \"floppy\"\n[action_cache]\nkind = \"memory\"\nmax_bytes = 1\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[cas]\nkind = \"floppy\"\n[action_cache]\nkind = \"memory\"\nmax_bytes = 1\n",
+    )
+    .unwrap();
     let err = run(&["--listen", "127.0.0.1:0", "--config", cfg.to_str().unwrap()]);
     assert!(err.contains("floppy") && err.contains("bad.toml"), "{err}");
     let err = run(&["--root", "/tmp/x", "--listen", "not-an-address"]);
@@ -314,4 +332,3 @@ fn bad_invocations_name_the_problem() {
     let err = run(&["--root", dir.path().to_str().unwrap()]);
     assert!(err.contains("--listen"), "{err}");
 }
-

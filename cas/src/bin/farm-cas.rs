@@ -90,7 +90,9 @@ async fn main() -> Result<()> {
     let spool_dir = match (&file.spool_dir, file.cas.first_filesystem_root()) {
         (Some(dir), _) => dir.clone(),
         (None, Some(root)) => root.join("tmp"),
-        (None, None) => std::env::temp_dir().join(format!("farm-cas-uploads-{}", std::process::id())),
+        (None, None) => {
+            std::env::temp_dir().join(format!("farm-cas-uploads-{}", std::process::id()))
+        }
     };
     let cas_store = config::build(&file.cas)
         .await

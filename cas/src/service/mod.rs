@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::metrics;
 use crate::store::verifying::VerifyingStore;
 use crate::store::BlobStore;
-use crate::metrics;
 
 pub mod action_cache;
 pub mod bytestream;

@@ -21,7 +21,10 @@ const BUFFERED_CHUNKS: usize = 8;
 
 /// Splits `input` into `n` identical streams, driven by the returned future (run it alongside
 /// the consumers, or spawn it).
-pub fn fan_out(mut input: ChunkStream, n: usize) -> (impl Future<Output = ()> + Send, Vec<ChunkStream>) {
+pub fn fan_out(
+    mut input: ChunkStream,
+    n: usize,
+) -> (impl Future<Output = ()> + Send, Vec<ChunkStream>) {
     let complete = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::with_capacity(n);
     let mut outputs: Vec<ChunkStream> = Vec::with_capacity(n);
@@ -88,7 +91,10 @@ mod tests {
 
     #[tokio::test]
     async fn every_output_sees_the_whole_input() {
-        let input = chunks(vec![Ok(Bytes::from_static(b"ab")), Ok(Bytes::from_static(b"cd"))]);
+        let input = chunks(vec![
+            Ok(Bytes::from_static(b"ab")),
+            Ok(Bytes::from_static(b"cd")),
+        ]);
         let (driver, mut outs) = fan_out(input, 2);
         let b = outs.pop().unwrap();
         let a = outs.pop().unwrap();

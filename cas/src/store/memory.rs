@@ -118,17 +118,30 @@ mod tests {
     #[tokio::test]
     async fn evicts_least_recently_used_under_budget() {
         let s = MemoryStore::new(10);
-        let (a, b, c) = (Digest::of(b"aaaa"), Digest::of(b"bbbb"), Digest::of(b"cccc"));
+        let (a, b, c) = (
+            Digest::of(b"aaaa"),
+            Digest::of(b"bbbb"),
+            Digest::of(b"cccc"),
+        );
         s.put_bytes(&a, Bytes::from_static(b"aaaa")).await.unwrap();
         s.put_bytes(&b, Bytes::from_static(b"bbbb")).await.unwrap();
         s.get_bytes(&a, ByteRange::ALL).await.unwrap(); // a is now more recent than b
         s.put_bytes(&c, Bytes::from_static(b"cccc")).await.unwrap();
         assert_eq!(s.find_missing(&[a, b, c]).await.unwrap(), vec![b]);
         assert_eq!(s.used_bytes(), 8);
-        let r = ByteRange { offset: 1, limit: Some(2) };
+        let r = ByteRange {
+            offset: 1,
+            limit: Some(2),
+        };
         assert_eq!(&s.get_bytes(&a, r).await.unwrap()[..], b"aa");
-        let past = ByteRange { offset: 5, limit: None };
-        assert!(matches!(s.get_bytes(&a, past).await, Err(StoreError::OutOfRange(_))));
+        let past = ByteRange {
+            offset: 5,
+            limit: None,
+        };
+        assert!(matches!(
+            s.get_bytes(&a, past).await,
+            Err(StoreError::OutOfRange(_))
+        ));
         assert!(s.put_bytes(&a, Bytes::from(vec![0; 11])).await.is_err());
     }
 }

@@ -149,7 +149,11 @@ pub async fn collect_capped(
 /// Removes duplicates while keeping the first occurrence's order.
 pub fn dedup_in_order(digests: &[Digest]) -> Vec<Digest> {
     let mut seen = std::collections::HashSet::with_capacity(digests.len());
-    digests.iter().copied().filter(|d| seen.insert(*d)).collect()
+    digests
+        .iter()
+        .copied()
+        .filter(|d| seen.insert(*d))
+        .collect()
 }
 
 /// Where a store keeps its files, when it has any (used to place spool files on the same

@@ -50,7 +50,11 @@ impl BlobStore for TieredStore {
         let (driver, mut outs) = fan_out(from_slow, 2);
         let (to_fast, to_caller) = match (outs.pop(), outs.pop()) {
             (Some(a), Some(b)) => (a, b),
-            _ => return Err(StoreError::Internal("fan_out returned too few streams".into())),
+            _ => {
+                return Err(StoreError::Internal(
+                    "fan_out returned too few streams".into(),
+                ))
+            }
         };
         let fast = self.fast.clone();
         let digest = *digest;
@@ -67,7 +71,11 @@ impl BlobStore for TieredStore {
         let (driver, mut outs) = fan_out(data, 2);
         let (to_fast, to_slow) = match (outs.pop(), outs.pop()) {
             (Some(a), Some(b)) => (a, b),
-            _ => return Err(StoreError::Internal("fan_out returned too few streams".into())),
+            _ => {
+                return Err(StoreError::Internal(
+                    "fan_out returned too few streams".into(),
+                ))
+            }
         };
         let (_, slow, fast) = tokio::join!(
             driver,
@@ -107,12 +115,24 @@ mod tests {
         let slow = Arc::new(MemoryStore::new(1 << 20));
         let t = TieredStore::new(fast.clone(), slow.clone());
         let d = Digest::of(b"only in slow");
-        slow.put_bytes(&d, Bytes::from_static(b"only in slow")).await.unwrap();
+        slow.put_bytes(&d, Bytes::from_static(b"only in slow"))
+            .await
+            .unwrap();
         assert!(t.find_missing(&[d]).await.unwrap().is_empty());
-        let partial = ByteRange { offset: 5, limit: Some(2) };
+        let partial = ByteRange {
+            offset: 5,
+            limit: Some(2),
+        };
         assert_eq!(&t.get_bytes(&d, partial).await.unwrap()[..], b"in");
-        assert_eq!(fast.find_missing(&[d]).await.unwrap(), vec![d], "range reads don't populate");
-        assert_eq!(&t.get_bytes(&d, ByteRange::ALL).await.unwrap()[..], b"only in slow");
+        assert_eq!(
+            fast.find_missing(&[d]).await.unwrap(),
+            vec![d],
+            "range reads don't populate"
+        );
+        assert_eq!(
+            &t.get_bytes(&d, ByteRange::ALL).await.unwrap()[..],
+            b"only in slow"
+        );
         for _ in 0..100 {
             if fast.find_missing(&[d]).await.unwrap().is_empty() {
                 return;
@@ -128,14 +148,19 @@ mod tests {
         let slow = Arc::new(MemoryStore::new(1 << 20));
         let t = TieredStore::new(fast.clone(), slow.clone());
         let small = Digest::of(b"abc");
-        t.put(&small, crate::store::once(Bytes::from_static(b"abc"))).await.unwrap();
+        t.put(&small, crate::store::once(Bytes::from_static(b"abc")))
+            .await
+            .unwrap();
         assert!(fast.find_missing(&[small]).await.unwrap().is_empty());
         assert!(slow.find_missing(&[small]).await.unwrap().is_empty());
         // Too big for the fast tier: still stored, in the slow tier only.
         let big = Digest::of(b"bigger than four");
-        t.put(&big, crate::store::once(Bytes::from_static(b"bigger than four")))
-            .await
-            .unwrap();
+        t.put(
+            &big,
+            crate::store::once(Bytes::from_static(b"bigger than four")),
+        )
+        .await
+        .unwrap();
         assert_eq!(fast.find_missing(&[big]).await.unwrap(), vec![big]);
         assert!(t.find_missing(&[big, small]).await.unwrap().is_empty());
     }

@@ -133,9 +133,15 @@ mod tests {
         let d = Digest::of(b"hello world");
         let err = v.put(&d, chunks(&[b"hello ", b"wurld"])).await.unwrap_err();
         assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
-        let err = v.put(&d, chunks(&[b"hello ", b"world", b"!"])).await.unwrap_err();
+        let err = v
+            .put(&d, chunks(&[b"hello ", b"world", b"!"]))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
-        let err = v.put_bytes(&d, Bytes::from_static(b"hello")).await.unwrap_err();
+        let err = v
+            .put_bytes(&d, Bytes::from_static(b"hello"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
         assert_eq!(inner.find_missing(&[d]).await.unwrap(), vec![d]);
         v.put(&d, chunks(&[b"hello ", b"world"])).await.unwrap();
@@ -149,6 +155,10 @@ mod tests {
         v.put(&Digest::EMPTY, chunks(&[])).await.unwrap();
         assert!(v.put(&Digest::EMPTY, chunks(&[b"x"])).await.is_err());
         assert!(v.find_missing(&[Digest::EMPTY]).await.unwrap().is_empty());
-        assert!(v.get_bytes(&Digest::EMPTY, ByteRange::ALL).await.unwrap().is_empty());
+        assert!(v
+            .get_bytes(&Digest::EMPTY, ByteRange::ALL)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

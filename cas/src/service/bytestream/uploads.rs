@@ -456,7 +456,10 @@ mod tests {
         let data = vec![7u8; 1000];
         let digest = Digest::of(&data);
         let (registry, mut checkout) = registry_with_upload(dir.path(), "u").await;
-        checkout.append(data[..400].to_vec(), &digest).await.unwrap();
+        checkout
+            .append(data[..400].to_vec(), &digest)
+            .await
+            .unwrap();
         assert_eq!(
             registry.progress("u"),
             Some(400),
