@@ -21,5 +21,8 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo check -p cas --no-default-features (optional backends really optional)"
+cargo check -p cas --no-default-features --locked
+
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads "${FARM_TEST_THREADS:-2}"
