@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::bytestream::{self as bs, byte_stream_client::ByteStreamClient};
+use cas::proto::bytestream::{self as bs, byte_stream_client::ByteStreamClient};
 use cas::{Digest, DigestHasher};
 use futures::StreamExt;
 use reapi::content_addressable_storage_client::ContentAddressableStorageClient;
@@ -62,7 +62,7 @@ async fn write_blob(
             resource_name: if first { name.clone() } else { String::new() },
             write_offset: offset,
             finish_write: offset + data.len() as i64 == size,
-            data,
+            data: data.into(),
         };
         first = false;
         offset += req.data.len() as i64;

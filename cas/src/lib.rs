@@ -12,6 +12,7 @@ pub mod digest;
 pub mod error;
 pub mod merkle;
 pub mod metrics;
+pub mod proto;
 pub mod service;
 pub mod spool;
 pub mod status_http;

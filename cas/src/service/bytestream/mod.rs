@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bazel_remote_apis::google::bytestream::byte_stream_server::{ByteStream, ByteStreamServer};
-use bazel_remote_apis::google::bytestream::{
+use crate::proto::bytestream::byte_stream_server::{ByteStream, ByteStreamServer};
+use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, WriteRequest, WriteResponse,
 };
 use tonic::codec::CompressionEncoding;

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 
-use bazel_remote_apis::google::bytestream::ReadResponse;
+use crate::proto::bytestream::ReadResponse;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tonic::Status;
@@ -121,7 +121,7 @@ pub(super) fn zstd(inner: ChunkStream, max: usize, expected: u64) -> Result<Read
             loop {
                 if let Some(data) = st.ready.pop_front() {
                     bytes_read.inc_by(data.len() as u64);
-                    return Some((Ok(ReadResponse { data }), st));
+                    return Some((Ok(ReadResponse { data: data.into() }), st));
                 }
                 // The encoder is gone once the frame is finished (or after an error).
                 let mut encoder = st.encoder.take()?;

@@ -7,6 +7,7 @@
 //! breaks, the checkout puts the upload back as idle, unless the break hit in the middle of
 //! appending a chunk: then the spool and the hasher may disagree, and the upload is dropped.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -218,7 +219,7 @@ impl Checkout {
     }
 
     /// Appends one request's data; if this future is dropped half-way, the upload is dropped too.
-    pub(super) async fn append(&mut self, data: Vec<u8>, digest: &Digest) -> Result<(), Status> {
+    pub(super) async fn append(&mut self, data: Bytes, digest: &Digest) -> Result<(), Status> {
         let Some(upload) = self.upload.as_deref_mut() else {
             return Err(Status::internal("append to a checkout without an upload"));
         };
@@ -352,7 +353,7 @@ impl PartialUpload {
 
     /// Appends one request's data (compressed or not), refusing anything beyond the digest's
     /// size.
-    async fn append(&mut self, data: Vec<u8>, digest: &Digest) -> Result<(), Status> {
+    async fn append(&mut self, data: Bytes, digest: &Digest) -> Result<(), Status> {
         let size = digest.size();
         let len = data.len() as u64;
         let Some(zstd) = &mut self.zstd else {
@@ -457,7 +458,7 @@ mod tests {
         let digest = Digest::of(&data);
         let (registry, mut checkout) = registry_with_upload(dir.path(), "u").await;
         checkout
-            .append(data[..400].to_vec(), &digest)
+            .append(Bytes::copy_from_slice(&data[..400]), &digest)
             .await
             .unwrap();
         assert_eq!(
@@ -488,7 +489,7 @@ mod tests {
         for _ in 0..20 {
             let (registry, mut checkout) = registry_with_upload(dir.path(), "u").await;
             let pending = {
-                let mut append = Box::pin(checkout.append(data.clone(), &digest));
+                let mut append = Box::pin(checkout.append(Bytes::from(data.clone()), &digest));
                 futures::poll!(&mut append).is_pending()
             };
             drop(checkout);

@@ -7,7 +7,8 @@
 //! content) drops the partial upload. A stream that ends or breaks without `finish_write` leaves
 //! the upload for a later Write to resume at its committed size.
 
-use bazel_remote_apis::google::bytestream::{
+use bytes::Bytes;
+use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, WriteRequest, WriteResponse,
 };
 use tokio::sync::mpsc;
@@ -110,7 +111,7 @@ pub(super) async fn write(
 /// it drops).
 async fn append_all(
     mut checkout: Checkout,
-    mut chunks: mpsc::Receiver<Vec<u8>>,
+    mut chunks: mpsc::Receiver<Bytes>,
     digest: Digest,
 ) -> Result<Checkout, Status> {
     while let Some(chunk) = chunks.recv().await {
@@ -128,7 +129,7 @@ async fn pump(
     name: &str,
     first: WriteRequest,
     stream: &mut Streaming<WriteRequest>,
-    chunks: &mpsc::Sender<Vec<u8>>,
+    chunks: &mpsc::Sender<Bytes>,
 ) -> Result<Ended, Failure> {
     let written = metrics::BYTES.with_label_values(&["written"]);
     let mut next_offset = first.write_offset;
