@@ -73,7 +73,11 @@ async fn verified_tiered_stack_streams_a_1gib_blob_past_a_small_fast_tier() {
     let fast = Arc::new(MemoryStore::new(64 << 20));
     let tiered = Arc::new(TieredStore::new(fast.clone(), Arc::new(slow)));
     round_trip(Arc::new(VerifyingStore::new(tiered))).await;
-    assert_eq!(fast.used_bytes(), 0, "too big for the fast tier: never cached there");
+    assert_eq!(
+        fast.used_bytes(),
+        0,
+        "too big for the fast tier: never cached there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,10 @@
 //! content) drops the partial upload. A stream that ends or breaks without `finish_write` leaves
 //! the upload for a later Write to resume at its committed size.
 
-use bytes::Bytes;
 use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, WriteRequest, WriteResponse,
 };
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
