@@ -19,10 +19,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::proto::bytestream::byte_stream_client::ByteStreamClient;
+use crate::proto::bytestream::{ReadRequest, ReadResponse, WriteRequest};
 use async_trait::async_trait;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
-use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use reapi::content_addressable_storage_client::ContentAddressableStorageClient;
@@ -362,7 +362,10 @@ impl GrpcStore {
             let mut resource_name = Some(resource);
             while let Some(chunk) = data.next().await {
                 let chunk = chunk?;
-                for piece in chunk.chunks(WRITE_CHUNK_BYTES) {
+                let mut start = 0;
+                while start < chunk.len() {
+                    let piece = chunk.slice(start..chunk.len().min(start + WRITE_CHUNK_BYTES));
+                    start += piece.len();
                     let end = offset + piece.len() as u64;
                     if end > size {
                         return Err(StoreError::InvalidArgument(format!(
@@ -373,7 +376,7 @@ impl GrpcStore {
                         resource_name: resource_name.take().unwrap_or_default(),
                         write_offset: offset as i64,
                         finish_write: false,
-                        data: piece.to_vec(),
+                        data: piece,
                     };
                     offset = end;
                     if tx.send(request).await.is_err() {
@@ -392,7 +395,7 @@ impl GrpcStore {
                 resource_name: resource_name.take().unwrap_or_default(),
                 write_offset: offset as i64,
                 finish_write: true,
-                data: Vec::new(),
+                data: Bytes::new(),
             };
             let _ = tx.send(last).await;
             Ok(())
@@ -425,13 +428,7 @@ impl GrpcStore {
         digest: &Digest,
         offset: u64,
         limit: u64,
-    ) -> Result<
-        (
-            Option<Bytes>,
-            tonic::Streaming<bazel_remote_apis::google::bytestream::ReadResponse>,
-        ),
-        StoreError,
-    > {
+    ) -> Result<(Option<Bytes>, tonic::Streaming<ReadResponse>), StoreError> {
         let request = ReadRequest {
             resource_name: self.read_resource(digest),
             read_offset: i64::try_from(offset).map_err(|_| {
@@ -449,7 +446,7 @@ impl GrpcStore {
             .message()
             .await
             .map_err(|s| status_error(s, Some(digest)))?
-            .map(|r| Bytes::from(r.data));
+            .map(|r| r.data);
         Ok((first, stream))
     }
 }
@@ -514,7 +511,7 @@ impl BlobStore for GrpcStore {
         };
         let digest = *digest;
         let rest = rest.map(move |r| {
-            r.map(|m| Bytes::from(m.data))
+            r.map(|m| m.data)
                 .map_err(|s| status_error(s, Some(&digest)))
         });
         Ok(Box::pin(
