@@ -166,6 +166,7 @@ impl Core {
                 session: Some(session),
                 started: now,
                 acked: false,
+                missed: 0,
                 deadline,
                 orphaned_until: None,
             }),

@@ -227,6 +227,7 @@ impl Core {
                 session: None,
                 started: now,
                 acked: true,
+                missed: 0,
                 deadline: now + op.timeout + self.config.timeout_grace,
                 orphaned_until: Some(now + self.config.lease_timeout),
             });

@@ -96,6 +96,8 @@ struct LeaseState {
     started: Instant,
     /// Whether the worker has confirmed it (listed it in a KeepAlive, reported progress).
     acked: bool,
+    /// Consecutive KeepAlives that did not list it (once it counts as confirmed).
+    missed: u8,
     /// When the scheduler gives up waiting for a result (timeout + grace).
     deadline: Instant,
     /// For a lease restored after a restart: when it is requeued if nobody adopted it.

@@ -15,6 +15,9 @@ use crate::platform::Platform;
 use crate::protocol::{self, scheduler_message, SchedulerMessage};
 use crate::queue::SessionId;
 
+/// How many consecutive KeepAlives must leave a confirmed lease out before it counts as lost.
+pub const UNLISTED_STRIKES: u8 = 2;
+
 /// Why a worker's Hello was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -97,6 +100,7 @@ impl Core {
                 lease.session = Some(session);
                 lease.orphaned_until = None;
                 lease.acked = true;
+                lease.missed = 0;
                 leases.insert(id);
             }
         }
@@ -163,8 +167,8 @@ impl Core {
         self.lose_all(w.leases, &worker_id, loss, now);
     }
 
-    /// A KeepAlive: the session is alive; leases it no longer lists (and has confirmed before,
-    /// or has had time to) are lost.
+    /// A KeepAlive: the session is alive; leases it has not listed in [`UNLISTED_STRIKES`]
+    /// consecutive KeepAlives (once confirmed, or past the ack grace) are lost.
     fn keep_alive(&mut self, session: SessionId, active: &[String], now: Instant) {
         let grace = self.config.lease_ack_grace();
         let Some(w) = self.workers.get_mut(&session) else {
@@ -182,8 +186,14 @@ impl Core {
             };
             if listed.contains(&**id) {
                 lease.acked = true;
+                lease.missed = 0;
             } else if lease.acked || now.duration_since(lease.started) >= grace {
-                lost.push(id.clone());
+                // Two strikes: a KeepAlive may be sent between a worker dropping a lease from
+                // its list and its LeaseResult reaching the stream.
+                lease.missed += 1;
+                if lease.missed >= UNLISTED_STRIKES {
+                    lost.push(id.clone());
+                }
             }
         }
         if !lost.is_empty() {
@@ -206,6 +216,7 @@ impl Core {
         if let Some(op) = self.leases.get(id).and_then(|n| self.ops.get_mut(n)) {
             if let OpState::Executing(lease) = &mut op.state {
                 lease.acked = true;
+                lease.missed = 0;
             }
         }
     }

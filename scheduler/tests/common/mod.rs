@@ -438,6 +438,19 @@ impl SimWorker {
         slots: u32,
         mode: Mode,
     ) -> SimWorker {
+        Self::connect_holding(url, id, platform, slots, mode, Vec::new()).await
+    }
+
+    /// Like [`SimWorker::connect`], for a worker process that reconnects while still running
+    /// `held` (listed in its keep-alives from the first one on).
+    pub async fn connect_holding(
+        url: &str,
+        id: &str,
+        platform: &[(&str, &str)],
+        slots: u32,
+        mode: Mode,
+        held: Vec<Lease>,
+    ) -> SimWorker {
         let (tx, rx) = mpsc::channel(1024);
         let hello = protocol::Hello {
             worker_id: id.to_string(),
@@ -460,6 +473,10 @@ impl SimWorker {
             .expect("OpenSession accepted")
             .into_inner();
         let shared = Arc::new(SimShared::default());
+        for lease in held {
+            shared.active.lock().insert(lease.lease_id.clone());
+            shared.leases.lock().push(lease);
+        }
         let reader = tokio::spawn(read_loop(
             inbound,
             shared.clone(),
@@ -541,8 +558,9 @@ impl SimWorker {
     }
 
     /// Sends `response` for `lease_id`.
+    /// (The result goes on the stream before the lease leaves the keep-alive list, as a
+    /// worker must do it.)
     pub async fn reply(&self, lease_id: &str, response: &reapi::ExecuteResponse) {
-        self.shared.active.lock().remove(lease_id);
         let result = protocol::LeaseResult {
             lease_id: lease_id.to_string(),
             execute_response: response.encode_to_vec(),
@@ -551,6 +569,7 @@ impl SimWorker {
             .send(msg(WKind::Result(result)))
             .await
             .expect("send result");
+        self.shared.active.lock().remove(lease_id);
     }
 
     /// Sends the canned successful response for `lease`.
@@ -596,12 +615,12 @@ async fn read_loop(
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        shared.active.lock().remove(&lease.lease_id);
                         let result = protocol::LeaseResult {
                             lease_id: lease.lease_id.clone(),
                             execute_response: canned_response(&id, &lease).encode_to_vec(),
                         };
                         let _ = tx.send(msg(WKind::Result(result))).await;
+                        shared.active.lock().remove(&lease.lease_id);
                     });
                 }
             }
