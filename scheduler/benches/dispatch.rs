@@ -71,9 +71,12 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// The two ISAs of the simulated fleet.
+const ISAS: [&str; 2] = ["x86-64", "aarch64"];
+
 /// Platforms of the simulated fleet: half x86-64, half aarch64, all Linux.
 fn worker_platform(i: usize) -> Vec<protocol::Property> {
-    let isa = if i % 2 == 0 { "x86-64" } else { "aarch64" };
+    let isa = ISAS[i % 2];
     vec![
         protocol::Property {
             name: "OSFamily".into(),
@@ -87,13 +90,13 @@ fn worker_platform(i: usize) -> Vec<protocol::Property> {
 }
 
 fn action_platform(i: usize) -> Platform {
-    let isa = if i % 2 == 0 { "x86-64" } else { "aarch64" };
+    let isa = ISAS[i % 2];
     Platform::from_pairs([("OSFamily", "linux"), ("ISA", isa)])
 }
 
 /// A distinct Action (by salt) sharing one Command and an empty input root.
 fn action(i: usize, command: &Digest) -> (Digest, Bytes) {
-    let isa = if i % 2 == 0 { "x86-64" } else { "aarch64" };
+    let isa = ISAS[i % 2];
     let a = reapi::Action {
         command_digest: Some(command.to_proto()),
         input_root_digest: Some(Digest::EMPTY.to_proto()),

@@ -141,6 +141,7 @@ pub struct ForwardingActionCache {
 }
 
 impl ForwardingActionCache {
+    /// A proxy to the ActionCache of the REAPI server on `channel`.
     pub fn new(channel: Channel) -> Self {
         ForwardingActionCache {
             client: ActionCacheClient::new(channel)

@@ -22,7 +22,9 @@ pub struct SchedulerConfig {
     /// How long an action whose platform no connected worker offers stays queued before it
     /// fails with FAILED_PRECONDITION.
     pub unsatisfiable_wait: Duration,
-    /// How long finished operations stay answerable by GetOperation / WaitExecution.
+    /// How long finished operations stay answerable by GetOperation / WaitExecution (cache
+    /// hits: at most a minute). Finished operations are held in memory, so this bounds memory
+    /// by throughput × retention.
     pub completed_retention: Duration,
     /// Period of the housekeeping pass (silent workers, timeouts, unsatisfiable actions,
     /// expired operations).
@@ -40,7 +42,7 @@ impl Default for SchedulerConfig {
             max_action_timeout: Duration::from_secs(60 * 60),
             timeout_grace: Duration::from_secs(60),
             unsatisfiable_wait: Duration::from_secs(60),
-            completed_retention: Duration::from_secs(15 * 60),
+            completed_retention: Duration::from_secs(5 * 60),
             tick_interval: Duration::from_millis(500),
             max_worker_slots: 4096,
         }

@@ -59,6 +59,7 @@ pub enum OpStatus {
 }
 
 impl OpStatus {
+    /// Whether the operation has finished.
     pub fn is_done(&self) -> bool {
         matches!(self, OpStatus::Completed(_))
     }

@@ -87,6 +87,7 @@ impl Platform {
         &self.props
     }
 
+    /// Whether the set has no properties.
     pub fn is_empty(&self) -> bool {
         self.props.is_empty()
     }

@@ -132,10 +132,12 @@ impl Queues {
         (id, true)
     }
 
+    /// The key with id `id` (ids come from [`Queues::intern`]).
     pub fn key(&self, id: KeyId) -> &Key {
         &self.keys[id]
     }
 
+    /// The key with id `id`, to change.
     pub fn key_mut(&mut self, id: KeyId) -> &mut Key {
         &mut self.keys[id]
     }

@@ -68,7 +68,7 @@ struct Args {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     unsatisfiable_wait: Duration,
     /// How long finished operations stay answerable by GetOperation / WaitExecution.
-    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     completed_retention: Duration,
 }
 

@@ -144,9 +144,18 @@ impl Core {
         }
     }
 
-    /// Forgets finished operations older than the retention.
+    /// Forgets finished operations older than the retention (cache hits sooner).
     fn expire_completed(&mut self, now: Instant) {
         let retention = self.config.completed_retention;
+        let cached_retention = retention.min(super::CACHED_RETENTION);
+        while let Some((at, _)) = self.cached.front() {
+            if now.duration_since(*at) < cached_retention {
+                break;
+            }
+            if let Some((_, name)) = self.cached.pop_front() {
+                self.ops.remove(&name);
+            }
+        }
         while let Some((at, _)) = self.completed.front() {
             if now.duration_since(*at) < retention {
                 break;

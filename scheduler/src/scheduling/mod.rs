@@ -36,6 +36,10 @@ mod workers;
 pub use housekeeping::ResumeStats;
 pub use workers::{ConnectError, Connected, LeaseContext};
 
+/// Longest time an operation answered from the action cache stays answerable by
+/// GetOperation (shorter than executed ones: its only update already said everything).
+pub const CACHED_RETENTION: Duration = Duration::from_secs(60);
+
 /// How long Execute waits for a durable state store to record a new operation.
 const DURABILITY_WAIT: Duration = Duration::from_secs(10);
 
@@ -235,6 +239,8 @@ pub(crate) struct Core {
     sessions_by_worker: HashMap<Arc<str>, SessionId>,
     /// Finished operations in order of completion, for retention.
     completed: VecDeque<(Instant, Arc<str>)>,
+    /// Operations answered from the action cache, in order, for their shorter retention.
+    cached: VecDeque<(Instant, Arc<str>)>,
     next_seq: u64,
     next_session: SessionId,
     next_lease: u64,
@@ -264,6 +270,7 @@ impl Core {
             workers: HashMap::new(),
             sessions_by_worker: HashMap::new(),
             completed: VecDeque::new(),
+            cached: VecDeque::new(),
             next_seq: 1,
             next_session: 1,
             next_lease: 1,
@@ -372,9 +379,10 @@ impl Core {
             tx,
         };
         let sub = op.subscription(false);
+        // Not journaled: a cache hit is answered in its first update, so nobody needs it to
+        // survive a restart, and the hit path stays free of state writes.
         self.ops.insert(name.clone(), op);
-        self.completed.push_back((now, name.clone()));
-        self.persist(&name);
+        self.cached.push_back((now, name));
         metrics::record_outcome("cached");
         sub
     }
@@ -498,7 +506,7 @@ impl Core {
         Stats {
             queued,
             executing,
-            completed: self.completed.len(),
+            completed: self.completed.len() + self.cached.len(),
             workers: self.workers.len(),
             free_slots: self.workers.values().map(|w| u64::from(w.free())).sum(),
         }
@@ -546,6 +554,7 @@ impl Scheduler {
         Scheduler { shared }
     }
 
+    /// The timings and limits this scheduler runs with.
     pub fn config(&self) -> &SchedulerConfig {
         &self.shared.config
     }
@@ -638,6 +647,7 @@ impl Scheduler {
         self.shared.core.lock().list(prefix, done, after, limit)
     }
 
+    /// What the scheduler holds now.
     pub fn stats(&self) -> Stats {
         self.shared.core.lock().stats()
     }

@@ -21,8 +21,9 @@ use crate::metrics::observe;
 use crate::operations::operation;
 use crate::scheduling::{Scheduler, Subscription};
 
-/// Default and largest ListOperations page.
+/// ListOperations page size when the request gives none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest ListOperations page.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Longest WaitOperation wait (and the default one).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -34,6 +35,7 @@ pub struct OperationsService {
 }
 
 impl OperationsService {
+    /// The Operations service over `scheduler`'s operations.
     pub fn new(scheduler: Scheduler) -> Self {
         OperationsService { scheduler }
     }

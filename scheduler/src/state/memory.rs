@@ -16,6 +16,7 @@ pub struct MemoryState {
 }
 
 impl MemoryState {
+    /// An empty state.
     pub fn new() -> Self {
         MemoryState::default()
     }
@@ -25,6 +26,7 @@ impl MemoryState {
         self.records.lock().len()
     }
 
+    /// Whether no operation is recorded.
     pub fn is_empty(&self) -> bool {
         self.records.lock().is_empty()
     }
