@@ -26,6 +26,8 @@ use scheduler::platform::Platform;
 use scheduler::protocol::{self, scheduler_message, worker_message};
 use scheduler::service::SchedulerServices;
 use scheduler::state::memory::MemoryState;
+use scheduler::state::redis::RedisState;
+use scheduler::state::SchedulerState;
 use scheduler::{NewOperation, Scheduler, SchedulerConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,6 +37,8 @@ struct Options {
     workers: usize,
     slots: u32,
     grpc: bool,
+    /// Run the core part over a RedisState at this URL instead of memory.
+    redis: Option<String>,
 }
 
 fn options() -> Options {
@@ -43,6 +47,7 @@ fn options() -> Options {
         workers: 1_000,
         slots: 4,
         grpc: true,
+        redis: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -53,6 +58,7 @@ fn options() -> Options {
             "--workers" => o.workers = next().unwrap_or(o.workers),
             "--slots" => o.slots = next().map_or(o.slots, |v| v as u32),
             "--no-grpc" => o.grpc = false,
+            "--redis" => o.redis = args.get(i + 1).cloned(),
             _ => {}
         }
         i += 1;
@@ -150,30 +156,62 @@ fn config() -> SchedulerConfig {
     }
 }
 
+/// The state of the core part: memory, or Redis with `--redis URL`.
+async fn state(o: &Options) -> (Arc<dyn SchedulerState>, &'static str) {
+    match &o.redis {
+        Some(url) => {
+            let prefix = format!("farm-dispatch-bench-{}:", uuid::Uuid::new_v4().simple());
+            let state = RedisState::connect(url, prefix, Duration::from_secs(300))
+                .await
+                .expect("connect to Redis");
+            (Arc::new(state), "redis")
+        }
+        None => (Arc::new(MemoryState::new()), "memory"),
+    }
+}
+
 /// Part 1: the scheduling core alone.
 async fn core_bench(o: &Options) {
-    let scheduler = Scheduler::new(config(), Arc::new(MemoryState::new()));
+    let (state, kind) = state(o).await;
+    let scheduler = Scheduler::new(config(), state);
     let (command_digest, command_bytes) = command();
     let start = Instant::now();
-    for i in 0..o.actions {
-        let (digest, bytes) = action(i, &command_digest);
-        scheduler
-            .submit(NewOperation {
-                instance_name: String::new(),
-                action_digest: digest,
-                action: bytes,
-                command: command_bytes.clone(),
-                platform: action_platform(i),
-                priority: (i % 3) as i32,
-                do_not_cache: false,
-                timeout: Duration::from_secs(60),
-            })
-            .await
-            .expect("submit");
+    // 64 concurrent submitters (with a durable state each waits for its record).
+    let next = Arc::new(AtomicUsize::new(0));
+    let submitters = (0..64).map(|_| {
+        let scheduler = scheduler.clone();
+        let next = next.clone();
+        let command_bytes = command_bytes.clone();
+        let total = o.actions;
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let (digest, bytes) = action(i, &command_digest);
+                scheduler
+                    .submit(NewOperation {
+                        instance_name: String::new(),
+                        action_digest: digest,
+                        action: bytes,
+                        command: command_bytes.clone(),
+                        platform: action_platform(i),
+                        priority: (i % 3) as i32,
+                        do_not_cache: false,
+                        timeout: Duration::from_secs(60),
+                    })
+                    .await
+                    .expect("submit");
+            }
+        })
+    });
+    for s in futures::future::join_all(submitters).await {
+        s.expect("submitter");
     }
     let submitted = start.elapsed();
     println!(
-        "core: queued {} actions in {:.3} s ({:.0} submits/s), {} queued",
+        "core ({kind} state): queued {} actions in {:.3} s ({:.0} submits/s), {} queued",
         o.actions,
         submitted.as_secs_f64(),
         o.actions as f64 / submitted.as_secs_f64(),
@@ -216,7 +254,7 @@ async fn core_bench(o: &Options) {
     let elapsed = start.elapsed();
     let stats = scheduler.stats();
     println!(
-        "core: {} workers x {} slots connected in {:.3} s; {} actions dispatched and finished \
+        "core ({kind} state): {} workers x {} slots connected in {:.3} s; {} actions dispatched and finished \
          in {:.3} s = {:.0} actions/s; peak RSS {:.0} MiB",
         o.workers,
         o.slots,
@@ -228,6 +266,17 @@ async fn core_bench(o: &Options) {
     );
     assert_eq!(stats.queued, 0);
     assert_eq!(stats.executing, 0);
+    if o.redis.is_some() {
+        scheduler
+            .flush_state(Duration::from_secs(600))
+            .await
+            .expect("flush the state");
+        println!(
+            "core ({kind} state): every change written to Redis {:.3} s after the workers \
+             connected",
+            start.elapsed().as_secs_f64()
+        );
+    }
     for t in tasks {
         t.abort();
     }

@@ -156,6 +156,9 @@ async fn main() -> Result<()> {
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await
         .context("gRPC server failed")?;
+    if let Err(e) = scheduler.flush_state(Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "stopping with scheduler state changes not yet written");
+    }
     tracing::info!("farm-scheduler stopped");
     Ok(())
 }

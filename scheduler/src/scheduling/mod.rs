@@ -652,6 +652,12 @@ impl Scheduler {
         self.shared.core.lock().stats()
     }
 
+    /// Waits until every change so far is written to a durable state store (at shutdown, or
+    /// to measure); fails after `limit`.
+    pub async fn flush_state(&self, limit: Duration) -> Result<(), StateError> {
+        self.shared.journal.flush(limit).await
+    }
+
     /// Runs the housekeeping pass now (the ticker also runs it every `tick_interval`).
     pub fn tick(&self) {
         self.shared.core.lock().tick(Instant::now());

@@ -181,6 +181,13 @@ impl Journal {
         n
     }
 
+    /// Waits until every change recorded so far is applied (if the state is durable); fails
+    /// after `limit`.
+    pub async fn flush(&self, limit: Duration) -> Result<(), StateError> {
+        let last = self.next.load(Ordering::Relaxed).saturating_sub(1);
+        self.wait_flushed(last, limit).await
+    }
+
     /// Waits until change `n` (and every earlier one) is applied, if the state is durable;
     /// fails after `limit`.
     pub async fn wait_flushed(&self, n: u64, limit: Duration) -> Result<(), StateError> {
