@@ -11,6 +11,13 @@ cd "$(dirname "$0")/.."
 source scripts/test-services.sh
 trap stop_services EXIT
 
+echo "== tools"
+# The worker sandboxes every action with bubblewrap.
+if ! command -v bwrap >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap </dev/null ||
+        { apt-get update -q </dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap </dev/null; }
+fi
+
 echo "== services"
 start_redis
 start_s3
