@@ -2,13 +2,17 @@
 //!
 //! Reads try the fast tier and fall back to the slow one; a whole-blob read from the slow tier
 //! also populates the fast tier as it streams. Writes go to both tiers at once; the slow tier is
-//! the authority (its failure fails the write, a fast-tier failure is only logged). A blob is
-//! missing only when neither tier has it.
+//! the authority (its failure fails the write, a fast-tier failure is only logged), so the fast
+//! tier only commits a write once the slow tier has: otherwise a blob the slow tier refused would
+//! still be reported present (from the fast tier) and a retry would never reach the slow tier.
+//! A blob is missing only when neither tier has it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::oneshot;
 
 use super::fan_out::fan_out;
 use super::{BlobStore, ByteRange, ChunkStream};
@@ -77,10 +81,16 @@ impl BlobStore for TieredStore {
                 ))
             }
         };
+        let (slow_stored, verdict) = oneshot::channel();
+        let slow = async {
+            let result = self.slow.put(digest, to_slow).await;
+            let _ = slow_stored.send(result.is_ok());
+            result
+        };
         let (_, slow, fast) = tokio::join!(
             driver,
-            self.slow.put(digest, to_slow),
-            self.fast.put(digest, to_fast)
+            slow,
+            self.fast.put(digest, after_slow_commits(to_fast, verdict))
         );
         if let Err(e) = fast {
             tracing::debug!(%digest, error = %e, "fast tier not written");
@@ -89,19 +99,31 @@ impl BlobStore for TieredStore {
     }
 
     async fn put_bytes(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError> {
-        let (slow, fast) = tokio::join!(
-            self.slow.put_bytes(digest, data.clone()),
-            self.fast.put_bytes(digest, data)
-        );
-        if let Err(e) = fast {
+        // The slow tier first: the fast one must not hold what the slow one refused.
+        self.slow.put_bytes(digest, data.clone()).await?;
+        if let Err(e) = self.fast.put_bytes(digest, data).await {
             tracing::debug!(%digest, error = %e, "fast tier not written");
         }
-        slow
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {
         "tiered"
     }
+}
+
+/// Passes `data` through, but ends it cleanly only once `verdict` says the slow tier stored the
+/// blob; otherwise it ends with an error, so (by the store contract) the fast tier keeps nothing.
+fn after_slow_commits(data: ChunkStream, verdict: oneshot::Receiver<bool>) -> ChunkStream {
+    let end = futures::stream::once(async move {
+        match verdict.await {
+            Ok(true) => None,
+            _ => Some(Err(StoreError::Cancelled(
+                "the slow tier did not store the blob, so the fast tier must not either".into(),
+            ))),
+        }
+    });
+    Box::pin(data.chain(end.filter_map(futures::future::ready)))
 }
 
 #[cfg(test)]
@@ -163,5 +185,22 @@ mod tests {
         .unwrap();
         assert_eq!(fast.find_missing(&[big]).await.unwrap(), vec![big]);
         assert!(t.find_missing(&[big, small]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_the_slow_tier_refuses_is_not_kept_by_the_fast_tier() {
+        let fast = Arc::new(MemoryStore::new(1 << 20));
+        let slow = Arc::new(MemoryStore::new(4));
+        let t = TieredStore::new(fast.clone(), slow.clone());
+        let data = Bytes::from_static(b"too big for the slow tier");
+        let d = Digest::of(&data);
+        assert!(t.put(&d, crate::store::once(data.clone())).await.is_err());
+        assert!(t.put_bytes(&d, data).await.is_err());
+        assert_eq!(fast.find_missing(&[d]).await.unwrap(), vec![d]);
+        assert_eq!(
+            t.find_missing(&[d]).await.unwrap(),
+            vec![d],
+            "a failed write must not be reported present"
+        );
     }
 }
