@@ -26,6 +26,7 @@ use scheduler::platform::Platform;
 use scheduler::protocol::{self, scheduler_message, worker_message};
 use scheduler::service::SchedulerServices;
 use scheduler::state::memory::MemoryState;
+#[cfg(feature = "redis")]
 use scheduler::state::redis::RedisState;
 use scheduler::state::SchedulerState;
 use scheduler::{NewOperation, Scheduler, SchedulerConfig};
@@ -159,6 +160,7 @@ fn config() -> SchedulerConfig {
 /// The state of the core part: memory, or Redis with `--redis URL`.
 async fn state(o: &Options) -> (Arc<dyn SchedulerState>, &'static str) {
     match &o.redis {
+        #[cfg(feature = "redis")]
         Some(url) => {
             let prefix = format!("farm-dispatch-bench-{}:", uuid::Uuid::new_v4().simple());
             let state = RedisState::connect(url, prefix, Duration::from_secs(300))
@@ -166,6 +168,8 @@ async fn state(o: &Options) -> (Arc<dyn SchedulerState>, &'static str) {
                 .expect("connect to Redis");
             (Arc::new(state), "redis")
         }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => panic!("--redis needs the `redis` feature"),
         None => (Arc::new(MemoryState::new()), "memory"),
     }
 }
