@@ -88,7 +88,7 @@ pub(super) fn plain(inner: ChunkStream, max: usize, expected: u64) -> ReadStream
     Box::pin(pieces(inner, max, expected).map(move |piece| {
         piece.map(|data| {
             bytes_read.inc_by(data.len() as u64);
-            ReadResponse { data: data.into() }
+            ReadResponse { data }
         })
     }))
 }
