@@ -34,10 +34,15 @@ impl TieredStore {
 #[async_trait]
 impl BlobStore for TieredStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
-        let not_fast = self.fast.find_missing(digests).await?;
-        if not_fast.is_empty() {
-            return Ok(not_fast);
-        }
+        // Like reads and writes, lookups survive a broken fast tier: the slow one answers.
+        let not_fast = match self.fast.find_missing(digests).await {
+            Ok(not_fast) if not_fast.is_empty() => return Ok(not_fast),
+            Ok(not_fast) => not_fast,
+            Err(e) => {
+                tracing::warn!(error = %e, "fast tier lookup failed; asking the slow tier");
+                super::dedup_in_order(digests)
+            }
+        };
         self.slow.find_missing(&not_fast).await
     }
 
@@ -185,6 +190,36 @@ mod tests {
         .unwrap();
         assert_eq!(fast.find_missing(&[big]).await.unwrap(), vec![big]);
         assert!(t.find_missing(&[big, small]).await.unwrap().is_empty());
+    }
+
+    /// A store whose backend is down.
+    #[derive(Debug)]
+    struct Down;
+
+    #[async_trait]
+    impl BlobStore for Down {
+        async fn find_missing(&self, _: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn get(&self, _: &Digest, _: ByteRange) -> Result<ChunkStream, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn put(&self, _: &Digest, _: ChunkStream) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        fn kind(&self) -> &'static str {
+            "down"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_fast_tier_does_not_break_the_store() {
+        let slow = Arc::new(MemoryStore::new(1 << 20));
+        let t = TieredStore::new(Arc::new(Down), slow.clone());
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        t.put_bytes(&a, Bytes::from_static(b"a")).await.unwrap();
+        assert_eq!(t.find_missing(&[a, b, b]).await.unwrap(), vec![b]);
+        assert_eq!(&t.get_bytes(&a, ByteRange::ALL).await.unwrap()[..], b"a");
     }
 
     #[tokio::test]
