@@ -31,6 +31,11 @@ use crate::store::{BlobStore, ByteRange};
 /// Most bytes of stdout, stderr and output files inlined into one GetActionResult answer.
 pub const INLINE_BUDGET_BYTES: u64 = 1024 * 1024;
 
+/// Largest output-directory `Tree` the completeness check reads into memory. A result names its
+/// Trees by digest, and any CAS blob can be named: a bigger one makes the result incomplete (it
+/// cannot be checked) instead of costing its size in server memory on every lookup.
+pub const MAX_CHECKED_TREE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The action-cache store key of `action` within `instance_name`:
 /// SHA-256 of `"farm-ac-v1\0" + instance_name + "\0" + "HASH/SIZE"`, with the action's size.
 pub fn action_cache_key(instance_name: &str, action: &Digest) -> Digest {
@@ -44,8 +49,9 @@ pub fn action_cache_key(instance_name: &str, action: &Digest) -> Digest {
 
 /// Why some output of `result` is not available from the CAS, or `None` if all are.
 ///
-/// Output directory Trees are fetched and decoded (a missing or corrupt Tree makes the result
-/// incomplete); every file digest they list joins one bulk `find_missing`.
+/// Output directory Trees are fetched and decoded one at a time (a missing, corrupt or larger
+/// than [`MAX_CHECKED_TREE_BYTES`] Tree makes the result incomplete); every file digest they
+/// list joins one bulk `find_missing`.
 pub async fn missing_outputs(
     cas: &dyn BlobStore,
     result: &reapi::ActionResult,
@@ -75,11 +81,14 @@ pub async fn missing_outputs(
             Err(e) => return Ok(Some(format!("output directory {:?}: {e}", dir.path))),
         }
     }
-    let fetched =
-        futures::future::join_all(trees.iter().map(|(_, d)| cas.get_bytes(d, ByteRange::ALL)))
-            .await;
-    for ((path, tree_digest), data) in trees.iter().zip(fetched) {
-        let data = match data {
+    for (path, tree_digest) in &trees {
+        if tree_digest.size() > MAX_CHECKED_TREE_BYTES {
+            return Ok(Some(format!(
+                "the Tree {tree_digest} of output directory {path:?} is larger than the \
+                 {MAX_CHECKED_TREE_BYTES} bytes this server reads to check a result"
+            )));
+        }
+        let data = match cas.get_bytes(tree_digest, ByteRange::ALL).await {
             Ok(data) => data,
             Err(e) if e.is_not_found() => {
                 return Ok(Some(format!(
@@ -422,4 +431,67 @@ pub fn service(storage: &Storage) -> ActionCacheServer<ActionCacheService> {
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit)
         .accept_compressed(CompressionEncoding::Zstd)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::ChunkStream;
+
+    /// A memory store that records every digest read from it.
+    #[derive(Debug)]
+    struct Recording {
+        inner: MemoryStore,
+        reads: Mutex<Vec<Digest>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobStore for Recording {
+        async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, crate::StoreError> {
+            self.inner.find_missing(digests).await
+        }
+        async fn get(
+            &self,
+            digest: &Digest,
+            range: ByteRange,
+        ) -> Result<ChunkStream, crate::StoreError> {
+            self.reads.lock().unwrap().push(*digest);
+            self.inner.get(digest, range).await
+        }
+        async fn put(&self, digest: &Digest, data: ChunkStream) -> Result<(), crate::StoreError> {
+            self.inner.put(digest, data).await
+        }
+        fn kind(&self) -> &'static str {
+            "recording"
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_tree_is_not_read_and_makes_the_result_incomplete() {
+        let cas = Recording {
+            inner: MemoryStore::new(1 << 20),
+            reads: Mutex::default(),
+        };
+        let huge = Digest::new([7; 32], MAX_CHECKED_TREE_BYTES + 1);
+        let result = reapi::ActionResult {
+            output_directories: vec![reapi::OutputDirectory {
+                path: "out".into(),
+                tree_digest: Some(huge.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let why = missing_outputs(&cas, &result).await.unwrap().unwrap();
+        assert!(
+            why.contains("larger than") && why.contains("\"out\""),
+            "{why}"
+        );
+        assert!(
+            cas.reads.lock().unwrap().is_empty(),
+            "the Tree must not be read"
+        );
+    }
 }
