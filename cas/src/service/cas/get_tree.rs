@@ -31,6 +31,10 @@ pub const MAX_TREE_PAGE_SIZE: usize = 10_000;
 const PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Directory blobs fetched concurrently while walking.
 const FETCH_CONCURRENCY: usize = 64;
+/// Directory bytes (by digest size) fetched and held at once while walking; a batch always takes
+/// at least one directory, however big. Real directories are kilobytes, so this only bites on
+/// trees of huge directories, whose fetches would otherwise hold up to 64 of them in memory.
+const FETCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Domain separation of page-token checksums.
 const TOKEN_DOMAIN: &[u8] = b"farm-gettree-v1\0";
 
@@ -156,7 +160,14 @@ impl TreeWalk {
     /// the walk is over.
     async fn fill(&mut self) -> Result<(), Status> {
         while self.ready.is_empty() && !self.queue.is_empty() {
-            let n = self.queue.len().min(FETCH_CONCURRENCY);
+            let (mut n, mut bytes) = (0, 0u64);
+            for pending in self.queue.iter().take(FETCH_CONCURRENCY) {
+                bytes = bytes.saturating_add(pending.digest.size());
+                if n > 0 && bytes > FETCH_BYTES {
+                    break;
+                }
+                n += 1;
+            }
             let batch: Vec<Pending> = self.queue.drain(..n).collect();
             let max = self.max_directory_bytes;
             let jobs: Vec<_> = batch.iter().map(|p| (p.digest, p.parent)).collect();
@@ -279,7 +290,95 @@ pub(super) async fn get_tree(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use bytes::Bytes;
+
     use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::ChunkStream;
+    use crate::StoreError;
+
+    /// A memory store whose reads take a moment, recording the most bytes being read at once.
+    #[derive(Debug)]
+    struct Slow {
+        inner: MemoryStore,
+        reading: AtomicU64,
+        peak: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobStore for Slow {
+        async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+            self.inner.find_missing(digests).await
+        }
+        async fn get(&self, digest: &Digest, range: ByteRange) -> Result<ChunkStream, StoreError> {
+            let now = self.reading.fetch_add(digest.size(), Ordering::SeqCst) + digest.size();
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let data = self.inner.get_bytes(digest, range).await;
+            self.reading.fetch_sub(digest.size(), Ordering::SeqCst);
+            Ok(crate::store::once(data?))
+        }
+        async fn put(&self, digest: &Digest, data: ChunkStream) -> Result<(), StoreError> {
+            self.inner.put(digest, data).await
+        }
+        fn kind(&self) -> &'static str {
+            "slow"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_walk_of_huge_directories_holds_only_a_few_at_once() {
+        let store = Arc::new(Slow {
+            inner: MemoryStore::new(1 << 30),
+            reading: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        });
+        let mut root = reapi::Directory::default();
+        let mut biggest = 0;
+        for i in 0..16 {
+            let big = reapi::Directory {
+                files: vec![reapi::FileNode {
+                    name: format!("{i}{}", "x".repeat(1 << 20)),
+                    digest: Some(Digest::EMPTY.to_proto()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let data = Bytes::from(big.encode_to_vec());
+            let digest = Digest::of(&data);
+            biggest = biggest.max(digest.size());
+            store.put_bytes(&digest, data).await.unwrap();
+            root.directories.push(reapi::DirectoryNode {
+                name: format!("d{i:02}"),
+                digest: Some(digest.to_proto()),
+            });
+        }
+        let data = Bytes::from(root.encode_to_vec());
+        let root_digest = Digest::of(&data);
+        store.put_bytes(&root_digest, data).await.unwrap();
+
+        let req = reapi::GetTreeRequest {
+            root_digest: Some(root_digest.to_proto()),
+            ..Default::default()
+        };
+        let pages: Vec<_> = get_tree(store.clone(), req, 16 << 20)
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let dirs: usize = pages
+            .iter()
+            .map(|p| p.as_ref().unwrap().directories.len())
+            .sum();
+        assert_eq!(dirs, 17);
+        let peak = store.peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= FETCH_BYTES + biggest,
+            "{peak} directory bytes were read at once"
+        );
+    }
 
     #[test]
     fn page_tokens_round_trip_and_are_bound_to_their_root() {
