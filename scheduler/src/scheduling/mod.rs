@@ -3,9 +3,9 @@
 //!
 //! Everything here is synchronous and in memory, so dispatch costs microseconds; the durable
 //! record of each change goes to the [`SchedulerState`] through the [`Journal`]. Submodules
-//! split the core by concern: [`workers`](self::workers) (sessions, leases, results),
-//! [`dispatch`](self::dispatch) (matching queued work to free slots) and
-//! [`housekeeping`](self::housekeeping) (the periodic pass and resuming after a restart).
+//! split the core by concern: `workers` (sessions, leases, results), `dispatch` (matching
+//! queued work to free slots) and `housekeeping` (the periodic pass and resuming after a
+//! restart).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
