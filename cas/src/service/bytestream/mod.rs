@@ -65,7 +65,10 @@ impl ByteStreamService {
         ByteStreamService {
             inner: Arc::new(Inner {
                 storage: storage.clone(),
-                uploads: Arc::new(uploads::Registry::new(idle_timeout)),
+                uploads: Arc::new(uploads::Registry::new(
+                    idle_timeout,
+                    uploads::MAX_IDLE_UPLOADS,
+                )),
             }),
         }
     }

@@ -6,6 +6,10 @@
 //! progress counter for `QueryWriteStatus`), so chunks never touch the shared map. When the stream
 //! breaks, the checkout puts the upload back as idle, unless the break hit in the middle of
 //! appending a chunk: then the spool and the hasher may disagree, and the upload is dropped.
+//!
+//! An idle upload holds an open spool file (and, for zstd, a decoder with its window), so at
+//! most [`MAX_IDLE_UPLOADS`] are kept: beyond that the one idle longest is dropped, and its
+//! client starts over (QueryWriteStatus says NOT_FOUND).
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -23,11 +27,15 @@ use crate::spool::{Spool, VerifiedFile};
 /// Size of the buffer zstd decodes into before the bytes go to the spool.
 const DECODE_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Most partial uploads kept idle for a resume (each holds a file descriptor).
+pub(super) const MAX_IDLE_UPLOADS: usize = 256;
+
 /// All partial uploads of one service instance.
 #[derive(Debug)]
 pub(super) struct Registry {
     state: Mutex<State>,
     idle_timeout: Duration,
+    max_idle: usize,
 }
 
 #[derive(Debug)]
@@ -48,13 +56,15 @@ enum Slot {
 }
 
 impl Registry {
-    pub(super) fn new(idle_timeout: Duration) -> Self {
+    /// A registry expiring idle uploads after `idle_timeout`, and keeping at most `max_idle`.
+    pub(super) fn new(idle_timeout: Duration, max_idle: usize) -> Self {
         Registry {
             state: Mutex::new(State {
                 slots: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
             idle_timeout,
+            max_idle,
         }
     }
 
@@ -148,20 +158,36 @@ impl Registry {
         }
     }
 
-    /// Ends a checkout: puts the upload back as idle, or frees the name.
+    /// Ends a checkout: puts the upload back as idle (dropping the longest idle one if that
+    /// makes too many), or frees the name.
     fn release(&self, name: &str, upload: Option<Box<PartialUpload>>) {
         let mut state = self.state.lock();
-        match upload {
-            Some(upload) => {
-                let since = Instant::now();
-                state
-                    .slots
-                    .insert(name.to_string(), Slot::Idle { upload, since });
-            }
-            None => {
-                state.slots.remove(name);
-            }
+        let Some(upload) = upload else {
+            state.slots.remove(name);
+            return;
+        };
+        let since = Instant::now();
+        state
+            .slots
+            .insert(name.to_string(), Slot::Idle { upload, since });
+        if state.slots.len() <= self.max_idle {
+            return;
         }
+        let idle = state.slots.iter().filter_map(|(name, slot)| match slot {
+            Slot::Idle { since, .. } => Some((*since, name)),
+            Slot::Busy { .. } => None,
+        });
+        if idle.clone().count() <= self.max_idle {
+            return;
+        }
+        let Some(oldest) = idle.min().map(|(_, name)| name.clone()) else {
+            return;
+        };
+        let dropped = state.slots.remove(&oldest);
+        drop(state);
+        tracing::info!(upload = %oldest, max_idle = self.max_idle,
+            "dropping the longest idle partial upload: too many are idle");
+        drop(dropped); // deletes its spool file outside the lock
     }
 }
 
@@ -444,7 +470,7 @@ mod tests {
     use super::*;
 
     async fn registry_with_upload(dir: &std::path::Path, name: &str) -> (Arc<Registry>, Checkout) {
-        let registry = Arc::new(Registry::new(Duration::from_secs(3600)));
+        let registry = Arc::new(Registry::new(Duration::from_secs(3600), MAX_IDLE_UPLOADS));
         let mut checkout = registry.checkout(name).unwrap();
         let spool = Spool::create(dir).await.unwrap();
         checkout.install(PartialUpload::new(spool, false).unwrap());
@@ -478,6 +504,30 @@ mod tests {
         assert_eq!(registry.progress("u"), None);
         assert_eq!(registry.len(), 0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_uploads_beyond_the_cap_are_dropped_longest_idle_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(Duration::from_secs(3600), 2));
+        let busy = registry.checkout("busy").unwrap();
+        for name in ["a", "b", "c"] {
+            let mut checkout = registry.checkout(name).unwrap();
+            let spool = Spool::create(dir.path()).await.unwrap();
+            checkout.install(PartialUpload::new(spool, false).unwrap());
+            drop(checkout);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(registry.progress("a"), None, "the longest idle is dropped");
+        assert_eq!(registry.progress("b"), Some(0));
+        assert_eq!(registry.progress("c"), Some(0));
+        assert_eq!(
+            registry.progress("busy"),
+            Some(0),
+            "busy uploads are not counted"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        drop(busy);
     }
 
     #[tokio::test]
