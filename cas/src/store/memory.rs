@@ -57,11 +57,13 @@ impl MemoryStore {
 
 #[async_trait]
 impl BlobStore for MemoryStore {
+    /// A lookup counts as a use (REAPI asks FindMissingBlobs to extend lifetimes), so a blob
+    /// just reported present is not the next one evicted.
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
-        let lru = self.inner.lock();
+        let mut lru = self.inner.lock();
         Ok(dedup_in_order(digests)
             .into_iter()
-            .filter(|d| !lru.blobs.contains(d))
+            .filter(|d| lru.blobs.get(d).is_none())
             .collect())
     }
 
@@ -143,5 +145,20 @@ mod tests {
             Err(StoreError::OutOfRange(_))
         ));
         assert!(s.put_bytes(&a, Bytes::from(vec![0; 11])).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_counts_as_a_use() {
+        let s = MemoryStore::new(8);
+        let (a, b, c) = (
+            Digest::of(b"aaaa"),
+            Digest::of(b"bbbb"),
+            Digest::of(b"cccc"),
+        );
+        s.put_bytes(&a, Bytes::from_static(b"aaaa")).await.unwrap();
+        s.put_bytes(&b, Bytes::from_static(b"bbbb")).await.unwrap();
+        assert!(s.find_missing(&[a]).await.unwrap().is_empty());
+        s.put_bytes(&c, Bytes::from_static(b"cccc")).await.unwrap();
+        assert_eq!(s.find_missing(&[a, b, c]).await.unwrap(), vec![b]);
     }
 }
