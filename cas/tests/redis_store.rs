@@ -253,6 +253,36 @@ async fn find_missing_of_ten_thousand_digests_is_one_fast_round_trip() {
     assert!(s.find_missing(&[]).await.unwrap().is_empty());
 }
 
+/// Seconds since `key` was last used, by Redis' LRU clock.
+async fn idle_secs(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("OBJECT")
+        .arg("IDLETIME")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("OBJECT IDLETIME")
+}
+
+#[tokio::test]
+async fn find_missing_refreshes_the_blobs_it_finds() {
+    // Under an LRU maxmemory policy Redis evicts by last use: a blob reported present must
+    // not stay the coldest key.
+    let s = store(1 << 20).await;
+    let d = Digest::of(b"kept warm");
+    s.put_bytes(&d, Bytes::from_static(b"kept warm"))
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while idle_secs(&mut conn, &s.key(&d)).await < 2 {
+        assert!(Instant::now() < deadline, "the key never became idle");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(s.find_missing(&[d]).await.unwrap().is_empty());
+    assert!(idle_secs(&mut conn, &s.key(&d)).await <= 1);
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable() {
     let err = RedisStore::connect("redis://127.0.0.1:1", "x/".into(), 1024)

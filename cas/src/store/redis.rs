@@ -24,7 +24,7 @@ use crate::error::StoreError;
 pub const REDIS_MAX_VALUE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// How long one command may wait for its reply. Generous: a SET of a blob near the 512 MiB cap,
-/// or a pipeline of tens of thousands of EXISTS, must fit in it.
+/// or a pipeline of tens of thousands of TOUCHes, must fit in it.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one connection attempt may take before it counts as failed.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,19 +170,22 @@ impl BlobStore for RedisStore {
         if unique.is_empty() {
             return Ok(unique);
         }
-        // One pipeline: all EXISTS go out in one write and come back in one round trip.
+        // One pipeline: all TOUCHes go out in one write and come back in one round trip. TOUCH
+        // answers like EXISTS but also marks the key used (EXISTS does not), so under an LRU
+        // maxmemory policy a blob just reported present is not the next one evicted (REAPI
+        // asks FindMissingBlobs to extend the lifetimes of what it finds).
         let mut pipe = redis::pipe();
         for d in &unique {
-            pipe.cmd("EXISTS").arg(self.key(d));
+            pipe.cmd("TOUCH").arg(self.key(d));
         }
         let mut conn = self.conn.clone();
         let present: Vec<bool> = pipe
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.map_err("EXISTS pipeline", None, e))?;
+            .map_err(|e| self.map_err("TOUCH pipeline", None, e))?;
         if present.len() != unique.len() {
             return Err(StoreError::Internal(format!(
-                "Redis answered {} of {} EXISTS in a pipeline",
+                "Redis answered {} of {} TOUCH in a pipeline",
                 present.len(),
                 unique.len()
             )));
