@@ -49,7 +49,40 @@ impl From<StoreError> for tonic::Status {
             StoreError::Unavailable(m) => Status::unavailable(m),
             StoreError::Cancelled(m) => Status::cancelled(m),
             StoreError::Internal(m) => Status::internal(m),
+            // REAPI: "insufficient disk quota to store the blob" is RESOURCE_EXHAUSTED.
+            StoreError::Io(io) if is_out_of_space(&io) => {
+                Status::resource_exhausted(format!("out of storage space: {io}"))
+            }
             StoreError::Io(io) => Status::internal(format!("I/O error: {io}")),
         }
+    }
+}
+
+/// Whether an I/O error means the disk (or the quota) is full.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_other_io_errors_internal() {
+        for kind in [
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::QuotaExceeded,
+        ] {
+            let status = tonic::Status::from(StoreError::Io(kind.into()));
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{kind:?}");
+        }
+        let enospc = StoreError::Io(std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            tonic::Status::from(enospc).code(),
+            tonic::Code::ResourceExhausted
+        );
+        let other = StoreError::Io(std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(tonic::Status::from(other).code(), tonic::Code::Internal);
     }
 }
