@@ -10,6 +10,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::error::StoreError;
+use crate::redact::{Secret, SecretUrl};
 use crate::store::filesystem::FilesystemStore;
 use crate::store::memory::MemoryStore;
 use crate::store::size_partitioned::SizePartitionedStore;
@@ -17,7 +18,7 @@ use crate::store::tiered::TieredStore;
 use crate::store::verifying::VerifyingStore;
 use crate::store::BlobStore;
 
-/// One node of a store stack.
+/// One node of a store stack. Its `Debug` hides the S3 secret key and Redis passwords.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
@@ -27,7 +28,7 @@ pub enum StoreConfig {
     Filesystem { root: PathBuf, max_bytes: ByteSize },
     /// In Redis (small blobs, action results); refuses blobs over `max_blob_bytes`.
     Redis {
-        url: String,
+        url: SecretUrl,
         #[serde(default)]
         key_prefix: String,
         #[serde(default = "default_redis_cap")]
@@ -46,7 +47,7 @@ pub enum StoreConfig {
         #[serde(default)]
         access_key_id: Option<String>,
         #[serde(default)]
-        secret_access_key: Option<String>,
+        secret_access_key: Option<Secret>,
         #[serde(default = "yes")]
         force_path_style: bool,
         #[serde(default = "default_part_size")]
@@ -121,7 +122,7 @@ pub fn build(
                 max_blob_bytes,
             } => Arc::new(
                 crate::store::redis::RedisStore::connect(
-                    url,
+                    &url.0,
                     key_prefix.clone(),
                     max_blob_bytes.as_u64(),
                 )
@@ -147,7 +148,7 @@ pub fn build(
                     endpoint: endpoint.clone(),
                     region: region.clone(),
                     access_key_id: access_key_id.clone(),
-                    secret_access_key: secret_access_key.clone(),
+                    secret_access_key: secret_access_key.as_ref().map(|s| s.0.clone()),
                     force_path_style: *force_path_style,
                     part_size_bytes: part_size.as_u64(),
                     max_concurrency: *max_concurrency,
@@ -209,6 +210,24 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(threshold.as_u64(), 1 << 20);
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let cfg: StoreConfig = toml::from_str(
+            r#"
+            kind = "tiered"
+            fast = { kind = "redis", url = "redis://farm:hunter2@127.0.0.1:6379" }
+            slow = { kind = "s3", bucket = "b", access_key_id = "AKID", secret_access_key = "wJalrXUtnFEMI" }
+            "#,
+        )
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("wJalrXUtnFEMI"),
+            "{shown}"
+        );
+        assert!(shown.contains("redis://farm:***@127.0.0.1:6379"), "{shown}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod merkle;
 pub mod metrics;
 pub mod proto;
+pub mod redact;
 pub mod service;
 pub mod spool;
 pub mod status_http;

@@ -19,6 +19,7 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 use super::{collect_capped, dedup_in_order, once, BlobStore, ByteRange, ChunkStream};
 use crate::digest::Digest;
 use crate::error::StoreError;
+use crate::redact::redact_url;
 
 /// The largest string Redis accepts (`proto-max-bulk-len` defaults to, and cannot exceed, this).
 pub const REDIS_MAX_VALUE_BYTES: u64 = 512 * 1024 * 1024;
@@ -141,20 +142,6 @@ fn map_redis_error(e: RedisError, msg: String) -> StoreError {
         ) => StoreError::Unavailable(msg),
         _ if e.code() == Some("OOM") => StoreError::ResourceExhausted(msg),
         _ => StoreError::Internal(msg),
-    }
-}
-
-/// Hides the password of a `redis://user:password@host` URL.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
     }
 }
 
@@ -300,20 +287,6 @@ impl BlobStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_password() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert_eq!(
-            redact_url("redis://user:s3cret@host:6379/0"),
-            "redis://user:***@host:6379/0"
-        );
-        assert_eq!(redact_url("redis://:s3cret@host"), "redis://:***@host");
-        assert_eq!(redact_url("not a url"), "not a url");
-    }
 
     #[test]
     fn indices_saturate() {
