@@ -164,6 +164,8 @@ pub struct Executor {
     actions_dir: PathBuf,
     free_slots: Arc<Mutex<Vec<u32>>>,
     permits: Arc<Semaphore>,
+    /// The claim on the sandbox users (see [`Sandbox::claim_users`]), held while we live.
+    _users: Option<std::fs::File>,
 }
 
 /// A slot held by one action; given back on drop.
@@ -199,6 +201,7 @@ impl Executor {
         let cache = LocalCache::open(&cache_dir, config.cache_bytes).map_err(io_err(&cache_dir))?;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
         let slots = config.slots.max(1);
+        let users = sandbox.claim_users(slots)?;
         Ok(Executor {
             store,
             cache,
@@ -207,6 +210,7 @@ impl Executor {
             actions_dir,
             free_slots: Arc::new(Mutex::new((0..slots).rev().collect())),
             permits: Arc::new(Semaphore::new(slots as usize)),
+            _users: users,
             config,
         })
     }

@@ -190,7 +190,11 @@ impl Sandbox {
                 }
                 Ok(_) => a.extend(["--ro-bind".into(), shown.clone(), shown]),
                 // Absent on this host (no /lib64 on aarch64, say): nothing to show.
-                Err(_) => {}
+                Err(e) => {
+                    if !DEFAULT_RO_PATHS.iter().any(|d| Path::new(d) == p) {
+                        tracing::warn!(path = %shown, error = %e, "read-only sandbox path not mounted");
+                    }
+                }
             }
         }
         a.extend(["--proc", "/proc", "--dev", "/dev"].map(String::from));
@@ -215,6 +219,39 @@ impl Sandbox {
         self.config
             .uid_base
             .map(|b| (b.saturating_add(slot), b.saturating_add(slot)))
+    }
+
+    /// Claims the per-slot sandbox users (`uid_base..uid_base + slots`) for this process and
+    /// kills whatever still runs as them: leftovers of a previous worker that died while a
+    /// sandbox was being set up (bubblewrap arms `--die-with-parent` only once set up). The
+    /// claim is an exclusive lock on `/run/farm-worker/uid-BASE.lock`, held as long as the
+    /// returned file is, so two workers on one host cannot share users. Nothing to do (`None`)
+    /// when actions run as the worker's own user.
+    pub fn claim_users(&self, slots: u32) -> Result<Option<std::fs::File>, SandboxError> {
+        let Some(base) = self.config.uid_base else {
+            return Ok(None);
+        };
+        let dir = Path::new("/run/farm-worker");
+        std::fs::create_dir_all(dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("uid-{base}.lock")))?;
+        // SAFETY: flock on an open fd has no memory-safety preconditions.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(SandboxError::Invalid(format!(
+                "another farm-worker on this host runs actions as uids from {base}; give each \
+                 worker its own --sandbox-uid-base"
+            )));
+        }
+        let uids = base..base.saturating_add(slots.max(1));
+        for pid in processes_of(&uids) {
+            tracing::warn!(pid, "killing a sandbox process left by a previous worker");
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        Ok(Some(lock))
     }
 
     /// The full bubblewrap argument list for `run`.
@@ -293,7 +330,7 @@ impl Sandbox {
         // SAFETY: getpid has no preconditions.
         let worker_pid = unsafe { libc::getpid() };
         // SAFETY: the closure only makes async-signal-safe calls (setrlimit, prctl, getppid,
-        // dup2, fcntl) on data prepared before the fork, as `pre_exec` requires.
+        // dup2, close_range, fcntl) on data prepared before the fork, as `pre_exec` requires.
         unsafe {
             cmd.pre_exec(move || {
                 for (resource, soft, hard) in &limits {
@@ -314,6 +351,19 @@ impl Sandbox {
                 }
                 if libc::dup2(status_fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // Nothing the worker inherited may reach the sandbox: every fd above the
+                // status pipe is closed on exec (std's own error pipe already is).
+                let all = libc::syscall(
+                    libc::SYS_close_range,
+                    4 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                if all != 0 {
+                    for fd in 4..4096 {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
                 }
                 Ok(())
             });
@@ -449,6 +499,28 @@ async fn wait_gone(pid: i32) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Pids of processes whose real uid is in `uids`.
+fn processes_of(uids: &std::ops::Range<u32>) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let uid: u32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            uids.contains(&uid).then_some(pid)
+        })
+        .collect()
 }
 
 /// A close-on-exec pipe whose write end is at fd 10 or above (so it can be `dup2`ed to 3 in the

@@ -23,6 +23,7 @@ fn inputs() -> tempfile::TempDir {
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     std::fs::write(dir.path().join("sub/nested.txt"), b"nested\n").unwrap();
+    std::os::unix::fs::symlink("../in.txt", dir.path().join("sub/link")).unwrap();
     dir
 }
 
@@ -145,7 +146,7 @@ async fn working_directory_env_and_relative_outputs() {
     assert_eq!(farm.stdout(&result).await, "A=1\nB=two words\n");
 
     // Outputs are relative to the working directory; parents are created before the run.
-    let mut cmd = bash("pwd && cat nested.txt > gen/deep/o.txt");
+    let mut cmd = bash("pwd && cat nested.txt link > gen/deep/o.txt");
     cmd.working_directory = "sub".into();
     cmd.output_paths = vec!["gen/deep/o.txt".into()];
     let r = farm.exec(&cmd, Some(root), None).await;
@@ -158,7 +159,8 @@ async fn working_directory_env_and_relative_outputs() {
         &farm
             .read(result.output_files[0].digest.as_ref().unwrap())
             .await[..],
-        b"nested\n"
+        b"nested\ninput data\n",
+        "staged symlinks resolve inside the sandbox"
     );
 
     // A program that does not exist is exit code 127, not a worker failure.

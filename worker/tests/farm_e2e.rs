@@ -276,14 +276,15 @@ async fn many_actions_spread_over_two_workers_and_a_killed_worker_loses_its_acti
             (f, store)
         })
     };
-    // Find the worker whose sandbox users run it.
+    // Find the worker whose sandbox users run it, once the command itself runs.
     let victim = bounded("the action to start", async {
         loop {
-            if let Some(i) = farm
-                .workers
-                .iter()
-                .position(|(_, _, base)| !processes_of(&[*base, *base + 1]).is_empty())
-            {
+            if let Some(i) = farm.workers.iter().position(|(_, _, base)| {
+                processes_of(&[*base, *base + 1]).iter().any(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+            }) {
                 return i;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -305,12 +306,25 @@ async fn many_actions_spread_over_two_workers_and_a_killed_worker_loses_its_acti
         b"survived\n"
     );
     // The dead worker's sandbox died with it.
-    bounded("the killed worker's sandbox to die", async {
-        while !processes_of(&[base, base + 1]).is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let start = Instant::now();
+    while !processes_of(&[base, base + 1]).is_empty() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let left: Vec<String> = processes_of(&[base, base + 1])
+                .iter()
+                .map(|p| {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    format!(
+                        "{stat} :: {}",
+                        String::from_utf8_lossy(&cmd).replace('\0', " ")
+                    )
+                })
+                .collect();
+            panic!("the killed worker's sandbox is still there: {left:#?}");
         }
-    })
-    .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,3 +203,41 @@ async fn disk_fill_and_memory_hogs_hit_their_limits() {
     let (exit, _, _) = run(&farm, "true").await;
     assert_eq!(exit, 0);
 }
+
+#[tokio::test]
+async fn nothing_the_worker_inherited_reaches_the_sandbox() {
+    let farm = Farm::start().await;
+    // An fd the worker process holds without close-on-exec (as a careless parent may pass).
+    let f = std::fs::File::open("/proc/self/status").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: clearing FD_CLOEXEC on an fd we own.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let (_, out, _) = run(&farm, "ls /proc/self/fd | sort -n | tr '\\n' ' '").await;
+    // bash's stdin/stdout/stderr, and the directory `ls` reads.
+    assert_eq!(out, "0 1 2 3 ", "fd {fd} must not be inherited");
+    drop(f);
+}
+
+#[tokio::test]
+async fn sandbox_users_are_claimed_and_leftovers_killed() {
+    let base = 64000;
+    // A process left running as a sandbox user by a worker that died.
+    let mut leftover = std::process::Command::new("sleep");
+    std::os::unix::process::CommandExt::uid(&mut leftover, base + 1);
+    let mut leftover = leftover.arg("1000.999").spawn().unwrap();
+    let farm = Farm::start_with(|c| c.sandbox.uid_base = Some(base)).await;
+    let status = leftover.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+
+    // A second worker on the same users is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = worker::ExecutorConfig::new(dir.path().join("w"));
+    config.sandbox.uid_base = Some(base);
+    let err = worker::Executor::new(config, farm.store.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--sandbox-uid-base"), "{err}");
+}
