@@ -2,6 +2,7 @@
 //! both directions, resumption, early returns, expiry, and a 1 GiB+ streamed blob. Refusals of bad
 //! input are in `bytestream/refusals.rs`.
 
+mod common;
 #[path = "bytestream/refusals.rs"]
 mod refusals;
 #[path = "bytestream/support.rs"]
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest};
 use cas::{Digest, DigestHasher};
+use common::peak_rss_bytes;
 use futures::StreamExt;
 use support::*;
 use tonic::Code;
@@ -453,14 +455,6 @@ async fn one_gib_streamed_write_and_read() {
     if let Some(peak) = peak_rss_bytes() {
         assert!(peak < 900 << 20, "peak RSS {} MiB", peak >> 20);
     }
-}
-
-/// The process's peak resident set (Linux), if known.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Throughput of 256 MiB through ByteStream; run with

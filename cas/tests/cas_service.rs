@@ -15,7 +15,10 @@ use reapi::{compressor, digest_function};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use common::{channel, memory_storage, memory_storage_with, options, start, CLIENT_MESSAGE_BYTES};
+use common::{
+    channel, memory_storage, memory_storage_with, options, random_bytes, start,
+    CLIENT_MESSAGE_BYTES,
+};
 
 type Client = ContentAddressableStorageClient<Channel>;
 
@@ -27,19 +30,6 @@ async fn client(server: &common::TestServer) -> Client {
 
 fn pd(data: &[u8]) -> reapi::Digest {
     Digest::of(data).to_proto()
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn identity(data: &[u8]) -> UpdateRequest {
@@ -285,7 +275,9 @@ async fn batches_at_the_limit_pass_and_above_it_are_refused_by_the_service() {
     let mut c = client(&server).await;
 
     // Exactly at the limit, in 4 KiB blobs.
-    let blobs: Vec<Vec<u8>> = (0..limit / 4096).map(|i| noise(4096, i as u64)).collect();
+    let blobs: Vec<Vec<u8>> = (0..limit / 4096)
+        .map(|i| random_bytes(4096, i as u64))
+        .collect();
     let r = c
         .batch_update_blobs(update(blobs.iter().map(|b| identity(b)).collect()))
         .await
@@ -307,7 +299,7 @@ async fn batches_at_the_limit_pass_and_above_it_are_refused_by_the_service() {
 
     // Exactly at the limit, in many tiny blobs (per-blob framing must still fit a message).
     let tiny: Vec<Vec<u8>> = (0..limit / 64)
-        .map(|i| noise(64, 1_000_000 + i as u64))
+        .map(|i| random_bytes(64, 1_000_000 + i as u64))
         .collect();
     let r = c
         .batch_update_blobs(update(tiny.iter().map(|b| identity(b)).collect()))
@@ -356,7 +348,7 @@ async fn zstd_batch_update_and_read() {
     let server = start(memory_storage()).await;
     let mut c = client(&server).await;
     let text = b"hello zstd ".repeat(1000);
-    let random = noise(8192, 42);
+    let random = random_bytes(8192, 42);
     let zstd = |data: &[u8]| UpdateRequest {
         digest: Some(pd(data)),
         data: zstd::bulk::compress(data, 3).unwrap(),
@@ -665,7 +657,7 @@ async fn batch_update_throughput_of_small_blobs() {
     let requests: Vec<Vec<UpdateRequest>> = (0..batches)
         .map(|b| {
             (0..per_batch)
-                .map(|i| identity(&noise(4096, (b * per_batch + i) as u64 + 7)))
+                .map(|i| identity(&random_bytes(4096, (b * per_batch + i) as u64 + 7)))
                 .collect()
         })
         .collect();

@@ -2,6 +2,8 @@
 //! rule, concurrent writers, LRU eviction, restart persistence, verified-file hand-over and a
 //! streamed 1 GiB+ blob.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,38 +12,13 @@ use bytes::Bytes;
 use cas::spool::Spool;
 use cas::store::filesystem::FilesystemStore;
 use cas::{BlobStore, ByteRange, ChunkStream, Digest, DigestHasher, StoreError};
+use common::{chunked, peak_rss_bytes, random_bytes, stream_of};
 use filetime::FileTime;
 use futures::StreamExt;
 
 const MIB: usize = 1 << 20;
 
 /// Deterministic bytes that differ from position to position.
-fn pattern(len: usize, seed: u64) -> Bytes {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
-}
-
-fn stream_of(items: Vec<Result<Bytes, StoreError>>) -> ChunkStream {
-    Box::pin(futures::stream::iter(items))
-}
-
-/// `data` in chunks of `chunk` bytes.
-fn chunked(data: &Bytes, chunk: usize) -> ChunkStream {
-    let parts: Vec<_> = (0..data.len())
-        .step_by(chunk.max(1))
-        .map(|i| Ok(data.slice(i..(i + chunk).min(data.len()))))
-        .collect();
-    stream_of(parts)
-}
-
 /// Every regular file below `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -93,7 +70,7 @@ async fn filesystem_round_trip_with_ranges() {
         .unwrap();
     assert_eq!(store.kind(), "filesystem");
 
-    let big = pattern(3 * MIB + 17, 1);
+    let big = Bytes::from(random_bytes(3 * MIB + 17, 1));
     let d = Digest::of(&big);
     store.put(&d, chunked(&big, 100_000)).await.unwrap();
     let key = d.key();
@@ -264,7 +241,7 @@ async fn filesystem_concurrent_writers_of_one_digest_leave_one_blob() {
     let store = FilesystemStore::open(dir.path().to_path_buf(), 1 << 30)
         .await
         .unwrap();
-    let data = pattern(256 << 10, 2);
+    let data = Bytes::from(random_bytes(256 << 10, 2));
     let d = Digest::of(&data);
     let mut tasks = Vec::new();
     for _ in 0..32 {
@@ -294,7 +271,7 @@ async fn filesystem_evicts_least_recently_used_and_deletes_their_files() {
     let store = FilesystemStore::open(dir.path().to_path_buf(), 10_000)
         .await
         .unwrap();
-    let blob = |seed| pattern(4_000, seed);
+    let blob = |seed| Bytes::from(random_bytes(4_000, seed));
     let (a, b, c, e) = (blob(10), blob(11), blob(12), blob(13));
     let (da, db, dc, de) = (
         Digest::of(&a),
@@ -331,7 +308,9 @@ async fn filesystem_evicts_least_recently_used_and_deletes_their_files() {
 async fn filesystem_restart_keeps_blobs_and_recency_and_cleans_junk() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let blobs: Vec<Bytes> = (20..24).map(|seed| pattern(1_000, seed)).collect();
+    let blobs: Vec<Bytes> = (20..24)
+        .map(|seed| Bytes::from(random_bytes(1_000, seed)))
+        .collect();
     let ds: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
     let (a, b, c, d) = (ds[0], ds[1], ds[2], ds[3]);
     {
@@ -401,7 +380,7 @@ async fn filesystem_verified_files_are_taken_over() {
     let store = FilesystemStore::open(dir.path().to_path_buf(), 1 << 20)
         .await
         .unwrap();
-    let data = pattern(100_000, 30);
+    let data = Bytes::from(random_bytes(100_000, 30));
     let d = Digest::of(&data);
 
     let mut spool = Spool::create(&store.tmp_dir()).await.unwrap();
@@ -423,7 +402,7 @@ async fn filesystem_verified_files_are_taken_over() {
     } else {
         tempfile::tempdir().unwrap()
     };
-    let other = pattern(1_000, 31);
+    let other = Bytes::from(random_bytes(1_000, 31));
     let od = Digest::of(&other);
     let mut spool = Spool::create(elsewhere.path()).await.unwrap();
     spool.write(&other).await.unwrap();
@@ -493,14 +472,6 @@ async fn filesystem_find_missing_answers_from_the_index() {
     assert!(best < bound, "find_missing of 10,000 digests took {best:?}");
 }
 
-/// Peak resident memory of this process, where the platform reports it.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filesystem_a_blob_over_a_gib_streams_both_ways() {
     const CHUNKS: u64 = 1024;
@@ -512,7 +483,7 @@ async fn filesystem_a_blob_over_a_gib_streams_both_ways() {
         .unwrap();
 
     // Chunk i is a base pattern stamped with i, so no two chunks are equal.
-    let base = pattern(MIB, 40);
+    let base = Bytes::from(random_bytes(MIB, 40));
     let make_chunk = {
         let base = base.clone();
         move |i: u64| {

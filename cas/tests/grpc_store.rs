@@ -2,66 +2,22 @@
 //! ActionCache over tonic on 127.0.0.1): small and 100 MiB round trips, ranges, NOT_FOUND,
 //! bulk `find_missing`, and aborted uploads leaving no trace.
 
+mod common;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cas::service::{Storage, StorageOptions};
 use cas::store::grpc::{GrpcStore, GrpcStoreOptions};
 use cas::store::memory::MemoryStore;
 use cas::store::{collect, BlobStore, ByteRange, ChunkStream};
 use cas::{Digest, DigestHasher, StoreError};
+use common::{random_bytes, TestServer};
 use futures::StreamExt;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
 
-/// A storage server on an ephemeral port; stops when dropped.
-struct TestServer {
-    url: String,
-    store: Arc<MemoryStore>,
-    shutdown: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-async fn start() -> TestServer {
-    let dir = std::env::temp_dir().join(format!("grpc-store-test-{}", uuid::Uuid::new_v4()));
-    let store = Arc::new(MemoryStore::new(1 << 30));
-    let storage = Storage::new(
-        store.clone(),
-        Arc::new(MemoryStore::new(1 << 20)),
-        StorageOptions::new(dir),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let router = Server::builder()
-        .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(64 << 20))
-        .tcp_nodelay(true)
-        .add_service(cas::service::capabilities::service(&storage))
-        .add_service(cas::service::cas::service(&storage))
-        .add_service(cas::service::bytestream::service(&storage));
-    tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    TestServer {
-        url: format!("http://{addr}"),
-        store,
-        shutdown: Some(tx),
-    }
+/// The farm's storage services on 127.0.0.1 over a 1 GiB memory CAS, and that raw store.
+async fn start() -> (TestServer, Arc<MemoryStore>) {
+    let (storage, store) = common::memory_storage_with(1 << 30, common::options());
+    (common::start(storage).await, store)
 }
 
 async fn client(server: &TestServer) -> GrpcStore {
@@ -70,38 +26,27 @@ async fn client(server: &TestServer) -> GrpcStore {
         .unwrap()
 }
 
-/// Deterministic pseudo-random bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// A stream of `chunks` chunks of `chunk` bytes each (chunk `i` is `pattern(chunk, i)`), and its
+/// A stream of `chunks` chunks of `chunk` bytes each (chunk `i` is `random_bytes(chunk, i)`), and its
 /// digest; generated on the fly, never whole in memory.
 fn big_stream(chunks: u64, chunk: usize) -> (Digest, impl Fn() -> ChunkStream) {
     let mut h = DigestHasher::new();
     for i in 0..chunks {
-        h.update(&pattern(chunk, i));
+        h.update(&random_bytes(chunk, i));
     }
     let digest = h.finish();
     let make = move || -> ChunkStream {
-        Box::pin(futures::stream::iter(0..chunks).map(move |i| Ok(Bytes::from(pattern(chunk, i)))))
+        Box::pin(
+            futures::stream::iter(0..chunks).map(move |i| Ok(Bytes::from(random_bytes(chunk, i)))),
+        )
     };
     (digest, make)
 }
 
 #[tokio::test]
 async fn small_blobs_round_trip_with_ranges_and_not_found() {
-    let server = start().await;
+    let (server, raw) = start().await;
     let store = client(&server).await;
-    let data = Bytes::from(pattern(10_000, 1));
+    let data = Bytes::from(random_bytes(10_000, 1));
     let d = Digest::of(&data);
 
     let err = store.get(&d, ByteRange::ALL).await.err().unwrap();
@@ -109,7 +54,7 @@ async fn small_blobs_round_trip_with_ranges_and_not_found() {
     assert_eq!(store.find_missing(&[d, d]).await.unwrap(), vec![d]);
 
     store.put_bytes(&d, data.clone()).await.unwrap();
-    assert!(server.store.find_missing(&[d]).await.unwrap().is_empty());
+    assert!(raw.find_missing(&[d]).await.unwrap().is_empty());
     assert!(store.find_missing(&[d]).await.unwrap().is_empty());
     assert_eq!(store.get_bytes(&d, ByteRange::ALL).await.unwrap(), data);
 
@@ -172,7 +117,7 @@ async fn small_blobs_round_trip_with_ranges_and_not_found() {
 
 #[tokio::test]
 async fn hundred_mebibytes_stream_both_ways_and_read_in_ranges() {
-    let server = start().await;
+    let (server, _store) = start().await;
     let store = client(&server).await;
     let chunk = 1 << 20;
     let (d, make) = big_stream(100, chunk);
@@ -203,8 +148,8 @@ async fn hundred_mebibytes_stream_both_ways_and_read_in_ranges() {
         )
         .await
         .unwrap();
-    let mut want = pattern(chunk, 6)[chunk - 10..].to_vec();
-    want.extend_from_slice(&pattern(chunk, 7)[..10]);
+    let mut want = random_bytes(chunk, 6)[chunk - 10..].to_vec();
+    want.extend_from_slice(&random_bytes(chunk, 7)[..10]);
     assert_eq!(&got[..], &want[..]);
     let tail = store
         .get_bytes(
@@ -216,12 +161,12 @@ async fn hundred_mebibytes_stream_both_ways_and_read_in_ranges() {
         )
         .await
         .unwrap();
-    assert_eq!(&tail[..], &pattern(chunk, 99)[chunk - 3..]);
+    assert_eq!(&tail[..], &random_bytes(chunk, 99)[chunk - 3..]);
 }
 
 #[tokio::test]
 async fn aborted_uploads_leave_nothing() {
-    let server = start().await;
+    let (server, _store) = start().await;
     let store = client(&server).await;
     for (chunks, chunk) in [(4u64, 1000usize), (8, 1 << 20)] {
         let (d, _) = big_stream(chunks, chunk);
@@ -229,7 +174,7 @@ async fn aborted_uploads_leave_nothing() {
             if i == chunks - 1 {
                 Err(StoreError::Cancelled("client hung up".into()))
             } else {
-                Ok(Bytes::from(pattern(chunk, i)))
+                Ok(Bytes::from(random_bytes(chunk, i)))
             }
         }));
         let err = store.put(&d, failing).await.unwrap_err();
@@ -247,7 +192,7 @@ async fn aborted_uploads_leave_nothing() {
 
 #[tokio::test]
 async fn find_missing_of_twenty_thousand_digests_and_batches() {
-    let server = start().await;
+    let (server, _store) = start().await;
     let store = client(&server).await;
     let blobs: Vec<(Digest, Bytes)> = (0..20_000u32)
         .map(|i| {
@@ -282,10 +227,10 @@ async fn find_missing_of_twenty_thousand_digests_and_batches() {
 
 #[tokio::test]
 async fn verified_files_stream_from_disk() {
-    let server = start().await;
+    let (server, _store) = start().await;
     let store = client(&server).await;
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(3 << 20, 5);
+    let data = random_bytes(3 << 20, 5);
     let d = Digest::of(&data);
     let mut spool = cas::spool::Spool::create(dir.path()).await.unwrap();
     spool.write(&data).await.unwrap();

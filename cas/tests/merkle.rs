@@ -1,6 +1,8 @@
 //! REAPI Merkle trees: build, upload, fetch and materialize, against the memory store and a
 //! small streaming disk store.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
@@ -17,6 +19,7 @@ use bytes::Bytes;
 use cas::merkle::{self, MaterializeOptions, MerkleError};
 use cas::store::memory::MemoryStore;
 use cas::{BlobStore, ByteRange, ChunkStream, Digest, StoreError};
+use common::peak_rss_bytes;
 use futures::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 
@@ -642,12 +645,6 @@ impl BlobStore for DiskStore {
     }
 }
 
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn large_file_round_trip_streams() {
     const SIZE: usize = 200 << 20;
@@ -675,7 +672,7 @@ async fn large_file_round_trip_streams() {
         }
     }
     let expected = expected.finish();
-    let before = peak_rss_kib();
+    let before = peak_rss_bytes().expect("VmHWM in /proc/self/status");
 
     let store = Counting::new(DiskStore(blobs.path().to_path_buf()));
     let up = merkle::upload_directory(&store, src.path()).await.unwrap();
@@ -687,7 +684,7 @@ async fn large_file_round_trip_streams() {
         .unwrap();
     assert_eq!(stats.bytes, SIZE as u64);
 
-    let grown_mib = (peak_rss_kib() - before) / 1024;
+    let grown_mib = (peak_rss_bytes().expect("VmHWM in /proc/self/status") - before) >> 20;
     assert!(
         grown_mib < 64,
         "peak memory grew by {grown_mib} MiB for a 200 MiB file"

@@ -4,11 +4,14 @@
 //! redis_store -- --nocapture`. Without `FARM_TEST_REDIS_URL` they fail on purpose.
 #![cfg(feature = "redis")]
 
+mod common;
+
 use std::time::Instant;
 
 use bytes::Bytes;
 use cas::store::redis::{RedisStore, REDIS_MAX_VALUE_BYTES};
-use cas::{BlobStore, ByteRange, ChunkStream, Digest, StoreError};
+use cas::{BlobStore, ByteRange, Digest, StoreError};
+use common::stream_of;
 
 fn redis_url() -> String {
     std::env::var("FARM_TEST_REDIS_URL").unwrap_or_else(|_| {
@@ -32,10 +35,6 @@ fn blob(len: usize, seed: u8) -> Bytes {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
-}
-
-fn stream_of(items: Vec<Result<Bytes, StoreError>>) -> ChunkStream {
-    Box::pin(futures::stream::iter(items))
 }
 
 fn range(offset: u64, limit: Option<u64>) -> ByteRange {

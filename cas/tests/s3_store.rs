@@ -4,6 +4,8 @@
 //! s3_store -- --nocapture`. Without the `FARM_TEST_S3_*` variables they fail on purpose.
 #![cfg(feature = "s3")]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use bytes::{Bytes, BytesMut};
 use cas::store::s3::{S3Options, S3Store, MIN_PART_SIZE};
 use cas::{BlobStore, ByteRange, ChunkStream, Digest, DigestHasher, StoreError};
+use common::{chunked, peak_rss_bytes, stream_of};
 use futures::StreamExt;
 
 fn env(name: &str) -> String {
@@ -52,18 +55,6 @@ fn blob(len: usize, seed: u8) -> Bytes {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
         .collect()
-}
-
-fn stream_of(items: Vec<Result<Bytes, StoreError>>) -> ChunkStream {
-    Box::pin(futures::stream::iter(items))
-}
-
-fn chunked(data: &Bytes, chunk: usize) -> ChunkStream {
-    let items = (0..data.len())
-        .step_by(chunk)
-        .map(|at| Ok(data.slice(at..(at + chunk).min(data.len()))))
-        .collect();
-    stream_of(items)
 }
 
 fn range(offset: u64, limit: Option<u64>) -> ByteRange {
@@ -342,14 +333,6 @@ impl Generator {
     }
 }
 
-/// Peak resident memory of this process, from /proc (Linux), in MiB.
-fn peak_rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
-}
-
 #[tokio::test]
 async fn multipart_round_trip_of_more_than_a_gibibyte_streams() {
     let s = store().await;
@@ -410,7 +393,7 @@ async fn multipart_round_trip_of_more_than_a_gibibyte_streams() {
     assert_eq!(got, want.freeze());
 
     let mib = len as f64 / (1024.0 * 1024.0);
-    let rss = peak_rss_mib();
+    let rss = peak_rss_bytes().map(|b| b >> 20);
     println!(
         "s3 1 GiB: up {up:?} ({:.0} MiB/s), down {down:?} ({:.0} MiB/s) in {chunks} chunks, \
          peak RSS {rss:?} MiB",

@@ -23,6 +23,8 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 
+pub use super::common::random_bytes;
+
 /// Read chunk size the fixture configures (small, so re-chunking is exercised).
 pub const READ_CHUNK: usize = 256 * 1024;
 
@@ -266,20 +268,6 @@ pub fn request(name: &str, offset: i64, data: &[u8], finish: bool) -> WriteReque
         finish_write: finish,
         data: data.to_vec(),
     }
-}
-
-/// Deterministic pseudo-random bytes, distinct per `seed` (compressible only by chance).
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Compressible bytes: text-like lines, distinct per `seed`.

@@ -1,13 +1,15 @@
-//! Shared helpers of the service integration tests: in-memory storage stacks and a real tonic
-//! server on 127.0.0.1, reached through real tonic clients.
+//! Shared helpers of the integration tests: in-memory storage stacks and a real tonic server on
+//! 127.0.0.1 reached through real tonic clients, test data, chunk streams and memory use.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cas::service::{Storage, StorageOptions};
 use cas::store::memory::MemoryStore;
+use cas::{ChunkStream, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -102,4 +104,40 @@ pub fn memory_storage_with(
 /// A storage over memory stores with a 256 MiB CAS and default options.
 pub fn memory_storage() -> Storage {
     memory_storage_with(256 * 1024 * 1024, options()).0
+}
+
+/// Deterministic incompressible bytes (xorshift64), different for each `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A chunk stream yielding `items`.
+pub fn stream_of(items: Vec<Result<Bytes, StoreError>>) -> ChunkStream {
+    Box::pin(futures::stream::iter(items))
+}
+
+/// `data` in chunks of `chunk` bytes.
+pub fn chunked(data: &Bytes, chunk: usize) -> ChunkStream {
+    let parts: Vec<_> = (0..data.len())
+        .step_by(chunk.max(1))
+        .map(|i| Ok(data.slice(i..(i + chunk).min(data.len()))))
+        .collect();
+    stream_of(parts)
+}
+
+/// This process's peak resident memory (`VmHWM`) in bytes, if /proc tells.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
