@@ -555,7 +555,7 @@ mod tests {
     use super::*;
 
     /// A stream that, like many, panics if polled after its end (`unfold` does).
-    fn chunks(parts: &[&'static [u8]]) -> ChunkStream {
+    pub(super) fn chunks(parts: &[&'static [u8]]) -> ChunkStream {
         let items: Vec<&'static [u8]> = parts.to_vec();
         Box::pin(futures::stream::unfold(
             items.into_iter(),

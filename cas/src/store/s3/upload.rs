@@ -294,18 +294,7 @@ impl PartReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A stream that, like many, panics if polled after its end (`unfold` does).
-    fn chunks(parts: &[&'static [u8]]) -> ChunkStream {
-        let items: Vec<&'static [u8]> = parts.to_vec();
-        Box::pin(futures::stream::unfold(
-            items.into_iter(),
-            |mut it| async move {
-                let part = it.next()?;
-                Some((Ok(Bytes::from_static(part)), it))
-            },
-        ))
-    }
+    use crate::store::s3::tests::chunks;
 
     #[tokio::test]
     async fn part_reader_cuts_exact_parts() {
