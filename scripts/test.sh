@@ -31,5 +31,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo check -p cas --no-default-features (optional backends really optional)"
 cargo check -p cas --no-default-features --locked
 
+echo "== aarch64 farm-worker (for worker/tests/cross_arch.rs, run under qemu-user)"
+# shellcheck source=scripts/aarch64-worker.sh
+source scripts/aarch64-worker.sh
+setup_aarch64_worker
+
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads "${FARM_TEST_THREADS:-2}"
