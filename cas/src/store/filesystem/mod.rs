@@ -21,12 +21,22 @@
 //! there. The global index lock is only ever held for in-memory work; no syscall runs under it.
 //!
 //! One process owns a root at a time: the index lives in that process's memory.
+//!
+//! Writes are not fsynced (for speed); [`recovery`] checkpoints with `syncfs` in the background
+//! and, after an unclean stop, rehashes what was written since the last checkpoint.
+
+mod options;
+mod recovery;
+
+pub use options::FilesystemOptions;
+pub use recovery::{CHECKPOINT_FILE, CLEAN_MARKER, DEFAULT_CHECKPOINT_INTERVAL};
 
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -75,6 +85,19 @@ struct Inner {
     max_bytes: u64,
     index: Mutex<Index>,
     stripes: Vec<Mutex<()>>,
+    verify_on_recovery: bool,
+    /// Something was committed since the last checkpoint (shared with the checkpoint task, so
+    /// that an idle store is not even upgraded from its weak reference).
+    dirty: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: a clean shutdown.
+    fn drop(&mut self) {
+        if self.verify_on_recovery {
+            recovery::shut_down(self);
+        }
+    }
 }
 
 /// The in-memory index: every stored blob with its real length, least recently used first.
@@ -177,6 +200,7 @@ impl Drop for TempFile {
 
 /// A blob file found on disk by `open`.
 struct FoundBlob {
+    path: PathBuf,
     digest: Digest,
     len: u64,
     mtime: SystemTime,
@@ -189,16 +213,29 @@ enum Opened {
 }
 
 impl FilesystemStore {
-    /// Opens (creating if needed) the store rooted at `root`, holding at most `max_bytes` of
-    /// blobs. Rebuilds the index from `root/blobs` (least recently used = oldest mtime), deletes
-    /// junk file names and leftover temp files, and evicts down to the budget.
+    /// Opens (creating if needed) the content-addressed store rooted at `root`, holding at most
+    /// `max_bytes` of blobs: [`FilesystemStore::open_with`] with [`FilesystemOptions::new`].
     pub async fn open(root: PathBuf, max_bytes: u64) -> Result<Self, StoreError> {
-        tokio::task::spawn_blocking(move || Self::open_blocking(root, max_bytes))
-            .await
-            .map_err(join_error)?
+        Self::open_with(root, FilesystemOptions::new(max_bytes)).await
     }
 
-    fn open_blocking(root: PathBuf, max_bytes: u64) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the store rooted at `root`. Rebuilds the index from
+    /// `root/blobs` (least recently used = oldest mtime), deletes junk file names, leftover temp
+    /// files and (with `verify_on_recovery`) corrupt blobs, and evicts down to the budget.
+    pub async fn open_with(root: PathBuf, options: FilesystemOptions) -> Result<Self, StoreError> {
+        let interval = options.checkpoint_interval;
+        let store = tokio::task::spawn_blocking(move || Self::open_blocking(root, options))
+            .await
+            .map_err(join_error)??;
+        if store.inner.verify_on_recovery {
+            let dirty = Arc::clone(&store.inner.dirty);
+            recovery::spawn_checkpoints(Arc::downgrade(&store.inner), dirty, interval);
+        }
+        Ok(store)
+    }
+
+    fn open_blocking(root: PathBuf, options: FilesystemOptions) -> Result<Self, StoreError> {
+        let max_bytes = options.max_bytes;
         let blobs = root.join("blobs");
         let tmp = root.join("tmp");
         fs::create_dir_all(&blobs)?;
@@ -209,6 +246,7 @@ impl FilesystemStore {
         }
 
         let mut found = scan_blobs(&blobs)?;
+        let recovered = options.verify_on_recovery && recovery::recover(&root, &mut found)?;
         // Oldest first, so the most recently used blob ends up at the front of the LRU order.
         found.sort_by(|a, b| a.mtime.cmp(&b.mtime).then(a.digest.cmp(&b.digest)));
         let mut index = Index::new();
@@ -226,6 +264,9 @@ impl FilesystemStore {
             max_bytes,
             index: Mutex::new(index),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            verify_on_recovery: options.verify_on_recovery,
+            // A recovery's deletions become durable with the next checkpoint.
+            dirty: Arc::new(AtomicBool::new(recovered)),
         };
         if !victims.is_empty() {
             info!(
@@ -309,10 +350,16 @@ impl Inner {
     /// used and evicts down to the budget. Blocking.
     fn commit(&self, digest: Digest, file: TempFile, len: u64) -> Result<(), StoreError> {
         let dest = self.blob_path(&digest);
+        if self.verify_on_recovery {
+            // The mtime must follow the last data write, so that data a checkpoint may not have
+            // flushed always lies in the window a recovery rehashes.
+            filetime::set_file_mtime(file.path(), FileTime::now())?;
+        }
         let victims = {
             let _stripe = self.stripe(&digest).lock();
             rename_into_dir(file.path(), &dest)?;
             file.disarm();
+            self.dirty.store(true, Ordering::SeqCst);
             let mut index = self.index.lock();
             let touched = now_secs();
             index.insert(digest, Entry { len, touched });
@@ -657,6 +704,7 @@ fn scan_shard(dir: &Path, shard: &str, found: &mut Vec<FoundBlob>) -> io::Result
             Some(digest) if file_type.is_file() => {
                 let meta = entry.metadata()?;
                 found.push(FoundBlob {
+                    path,
                     digest,
                     len: meta.len(),
                     mtime: meta.modified()?,
