@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::error::StoreError;
 use crate::redact::{Secret, SecretUrl};
-use crate::store::filesystem::FilesystemStore;
+use crate::store::filesystem::{FilesystemOptions, FilesystemStore};
 use crate::store::memory::MemoryStore;
 use crate::store::size_partitioned::SizePartitionedStore;
 use crate::store::tiered::TieredStore;
@@ -25,7 +25,15 @@ pub enum StoreConfig {
     /// In memory, LRU-evicted under `max_bytes`.
     Memory { max_bytes: ByteSize },
     /// On local disk under `root`, LRU-evicted under `max_bytes`; survives restarts.
-    Filesystem { root: PathBuf, max_bytes: ByteSize },
+    Filesystem {
+        root: PathBuf,
+        max_bytes: ByteSize,
+        /// Delete blobs whose content does not match their digest at open (after a crash, those
+        /// written since the last checkpoint). Defaults to true in a CAS stack and false in an
+        /// action-cache stack, whose values are not content-addressed.
+        #[serde(default)]
+        verify_on_recovery: Option<bool>,
+    },
     /// In Redis (small blobs, action results); refuses blobs over `max_blob_bytes`.
     Redis {
         url: SecretUrl,
@@ -105,15 +113,44 @@ impl StoreConfig {
     }
 }
 
-/// Opens every backend of `config` and composes the decorators.
+/// What a stack stores, which decides defaults that depend on whether keys are content digests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Cas,
+    ActionCache,
+}
+
+/// Opens every backend of a CAS stack and composes the decorators.
 pub fn build(
     config: &StoreConfig,
 ) -> futures::future::BoxFuture<'_, Result<Arc<dyn BlobStore>, StoreError>> {
+    build_as(config, Role::Cas)
+}
+
+/// Opens every backend of an action-cache stack (values are not content-addressed) and
+/// composes the decorators.
+pub fn build_action_cache(
+    config: &StoreConfig,
+) -> futures::future::BoxFuture<'_, Result<Arc<dyn BlobStore>, StoreError>> {
+    build_as(config, Role::ActionCache)
+}
+
+fn build_as(
+    config: &StoreConfig,
+    role: Role,
+) -> futures::future::BoxFuture<'_, Result<Arc<dyn BlobStore>, StoreError>> {
+    let build = move |config| build_as(config, role);
     Box::pin(async move {
         let store: Arc<dyn BlobStore> = match config {
             StoreConfig::Memory { max_bytes } => Arc::new(MemoryStore::new(max_bytes.as_u64())),
-            StoreConfig::Filesystem { root, max_bytes } => {
-                Arc::new(FilesystemStore::open(root.clone(), max_bytes.as_u64()).await?)
+            StoreConfig::Filesystem {
+                root,
+                max_bytes,
+                verify_on_recovery,
+            } => {
+                let mut options = FilesystemOptions::new(max_bytes.as_u64());
+                options.verify_on_recovery = verify_on_recovery.unwrap_or(role == Role::Cas);
+                Arc::new(FilesystemStore::open_with(root.clone(), options).await?)
             }
             #[cfg(feature = "redis")]
             StoreConfig::Redis {

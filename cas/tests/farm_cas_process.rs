@@ -158,6 +158,10 @@ async fn blobs_and_results_survive_restarts_graceful_and_killed() {
     sigterm(&server.child);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "SIGTERM is a clean shutdown: {status}");
+    assert!(
+        dir.path().join("cas").join("clean").exists(),
+        "a clean shutdown syncs the CAS and marks it clean (no rehash at the next start)"
+    );
     server = start(&["--root", root]);
     assert!(missing(&server.grpc, &[blob]).await.is_empty());
 

@@ -71,10 +71,12 @@ async fn main() -> Result<()> {
             cas: StoreConfig::Filesystem {
                 root: root.join("cas"),
                 max_bytes: args.max_size,
+                verify_on_recovery: Some(true),
             },
             action_cache: StoreConfig::Filesystem {
                 root: root.join("ac"),
                 max_bytes: ByteSize::b(args.max_size.as_u64() / 10 + 1),
+                verify_on_recovery: Some(false),
             },
             spool_dir: None,
             max_batch_total_bytes: None,
@@ -97,7 +99,7 @@ async fn main() -> Result<()> {
     let cas_store = config::build(&file.cas)
         .await
         .with_context(|| format!("opening the CAS store {:?}", file.cas))?;
-    let ac_store = config::build(&file.action_cache)
+    let ac_store = config::build_action_cache(&file.action_cache)
         .await
         .with_context(|| format!("opening the action-cache store {:?}", file.action_cache))?;
     let mut options = StorageOptions::new(spool_dir);

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
 use cas::service::{Storage, StorageOptions};
 use cas::status_http::{self, Readiness};
-use cas::store::filesystem::FilesystemStore;
+use cas::store::filesystem::{FilesystemOptions, FilesystemStore};
 use cas::store::grpc::{GrpcStore, GrpcStoreOptions};
 use cas::store::memory::MemoryStore;
 use cas::store::BlobStore;
@@ -212,7 +212,12 @@ async fn open_storage(args: &Args, scheduler: Scheduler) -> Result<SchedulerServ
                 .with_context(|| {
                     format!("opening the filesystem store under {}", root.display())
                 })?;
-            let ac = FilesystemStore::open(root.join("ac"), max / 10 + 1)
+            // Action results are not content-addressed: nothing to verify after a crash.
+            let ac_options = FilesystemOptions {
+                verify_on_recovery: false,
+                ..FilesystemOptions::new(max / 10 + 1)
+            };
+            let ac = FilesystemStore::open_with(root.join("ac"), ac_options)
                 .await
                 .with_context(|| format!("opening the action cache under {}", root.display()))?;
             (Arc::new(cas), Arc::new(ac))
