@@ -14,14 +14,12 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use bazel_remote_apis::google::longrunning::Operation;
-use bytes::Bytes;
 use cas::store::grpc::{GrpcStore, GrpcStoreOptions};
 use cas::store::{BlobStore, ByteRange};
 use cas::Digest;
-use common::processes_of;
+use client::code;
+use common::{client, processes_of};
 use futures::StreamExt as _;
-use prost::Message as _;
 use reapi::execution_client::ExecutionClient;
 use tonic::transport::Channel;
 
@@ -162,38 +160,7 @@ impl Farm {
     /// Uploads the Command and Action of `args` (salted so every action is distinct) and
     /// returns the action's digest.
     async fn action(&self, args: &[&str], salt: &str) -> Digest {
-        let command = reapi::Command {
-            arguments: args.iter().map(|s| s.to_string()).collect(),
-            environment_variables: vec![reapi::command::EnvironmentVariable {
-                name: "PATH".into(),
-                value: "/usr/bin:/bin".into(),
-            }],
-            ..Default::default()
-        };
-        let command_bytes = Bytes::from(command.encode_to_vec());
-        let command_digest = Digest::of(&command_bytes);
-        let action = reapi::Action {
-            command_digest: Some(command_digest.to_proto()),
-            input_root_digest: Some(Digest::EMPTY.to_proto()),
-            salt: salt.as_bytes().to_vec(),
-            platform: Some(reapi::Platform {
-                properties: vec![reapi::platform::Property {
-                    name: "OSFamily".into(),
-                    value: "linux".into(),
-                }],
-            }),
-            ..Default::default()
-        };
-        let action_bytes = Bytes::from(action.encode_to_vec());
-        let action_digest = Digest::of(&action_bytes);
-        self.store
-            .batch_update(vec![
-                (command_digest, command_bytes),
-                (action_digest, action_bytes),
-            ])
-            .await
-            .unwrap();
-        action_digest
+        client::upload_action(&self.store, args, salt).await
     }
 
     /// Executes an uploaded action and waits for its response.
@@ -232,10 +199,6 @@ fn worker_of(r: &reapi::ExecuteResponse) -> String {
         .and_then(|r| r.execution_metadata.as_ref())
         .map(|m| m.worker.clone())
         .unwrap_or_default()
-}
-
-fn code(r: &reapi::ExecuteResponse) -> tonic::Code {
-    tonic::Code::from(r.status.as_ref().map_or(0, |s| s.code))
 }
 
 async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -366,25 +329,9 @@ async fn trivial_actions_per_second_with_two_workers() {
 impl Farm {
     /// Executes an uploaded action (skipping the cache) and waits for its response.
     async fn execute_with(
-        mut exec: ExecutionClient<Channel>,
+        exec: ExecutionClient<Channel>,
         action: &Digest,
     ) -> reapi::ExecuteResponse {
-        let request = reapi::ExecuteRequest {
-            action_digest: Some(action.to_proto()),
-            skip_cache_lookup: true,
-            ..Default::default()
-        };
-        let mut stream = exec
-            .execute(request)
-            .await
-            .expect("Execute accepted")
-            .into_inner();
-        let mut last: Option<Operation> = None;
-        while let Some(op) = stream.message().await.expect("operation stream") {
-            last = Some(op);
-        }
-        let last = last.expect("an operation update");
-        assert!(last.done, "the stream ended before the operation was done");
-        scheduler::operations::execute_response(&last).expect("an ExecuteResponse")
+        client::execute(exec, action, true).await
     }
 }

@@ -28,6 +28,8 @@ use tonic::transport::Server;
 use worker::executor::{Executor, ExecutorConfig, Job};
 use worker::sandbox::Limits;
 
+pub mod client;
+
 /// A storage server on an ephemeral loopback port; stops when dropped.
 pub struct CasServer {
     pub url: String,
