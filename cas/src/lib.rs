@@ -12,6 +12,7 @@ pub mod digest;
 pub mod error;
 pub mod merkle;
 pub mod metrics;
+pub mod process;
 pub mod proto;
 pub mod redact;
 pub mod service;

@@ -80,14 +80,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cas::process::init_logging();
     let args = Args::parse();
     let cas_url = args.cas.clone().unwrap_or_else(|| args.scheduler.clone());
     let store = GrpcStore::connect_lazy(&cas_url, GrpcStoreOptions::default())

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
@@ -54,14 +53,7 @@ fn yes() -> bool {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cas::process::init_logging();
     let args = Args::parse();
     let file = match (&args.config, &args.root) {
         (Some(path), _) => read_config(path)?,
@@ -122,52 +114,20 @@ async fn main() -> Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     let bound = listener.local_addr()?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = grpc_server();
+    let mut server = cas::process::grpc_server();
     let router = storage.add_to(&mut server);
     readiness.set_ready(true);
     tracing::info!(%bound, "farm-cas serving REAPI storage");
     router
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, cas::process::shutdown_signal())
         .await
         .context("gRPC server failed")?;
     tracing::info!("farm-cas stopped");
     Ok(())
 }
 
-/// A tonic server tuned for bulk blob traffic: large HTTP/2 windows so one stream can fill a
-/// fast link, and keep-alives that notice dead peers.
-fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(64 << 20))
-        .max_frame_size(Some((1 << 24) - 1))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-}
-
 fn read_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

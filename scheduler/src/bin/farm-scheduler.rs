@@ -98,14 +98,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cas::process::init_logging();
     let args = Args::parse();
     let config = SchedulerConfig {
         keep_alive_interval: args.keep_alive_interval,
@@ -144,16 +137,12 @@ async fn main() -> Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let bound = listener.local_addr()?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(64 << 20))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    let mut server = cas::process::grpc_server();
     let router = services.add_to(&mut server);
     readiness.set_ready(true);
     tracing::info!(%bound, "farm-scheduler serving REAPI execution, storage and worker sessions");
     router
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, cas::process::shutdown_signal())
         .await
         .context("gRPC server failed")?;
     if let Err(e) = scheduler.flush_state(Duration::from_secs(10)).await {
@@ -233,27 +222,6 @@ async fn open_storage(args: &Args, scheduler: Scheduler) -> Result<SchedulerServ
     };
     let storage = Storage::new(cas, ac, StorageOptions::new(spool(args.root.as_ref())));
     Ok(SchedulerServices::new(scheduler, storage))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]
