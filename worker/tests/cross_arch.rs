@@ -29,9 +29,11 @@
 //! `FARM_TEST_AARCH64_CC`); it fails, never skips, without them. `farm-scheduler` is another
 //! package's binary: `cargo test --workspace` builds it.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
@@ -40,6 +42,7 @@ use bytes::Bytes;
 use cas::store::grpc::{GrpcStore, GrpcStoreOptions};
 use cas::store::{BlobStore, ByteRange};
 use cas::Digest;
+use common::process::Proc;
 use prost::Message as _;
 use reapi::execution_client::ExecutionClient;
 use tonic::transport::Channel;
@@ -68,53 +71,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 "#;
-
-/// A child process, SIGKILLed when dropped; its log is printed if the test is failing.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Process::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // qemu-user runs the guest in its own process: this kills the aarch64 worker itself, and
-        // its sandboxes die with it (PR_SET_PDEATHSIG).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- {} log (last lines):", self.name);
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
 
 /// The `e_machine` of an ELF file, or `None` if it is not a 64-bit little-endian ELF file.
 fn elf_machine(path: &Path) -> Option<u16> {

@@ -10,7 +10,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
@@ -18,55 +17,11 @@ use cas::store::grpc::{GrpcStore, GrpcStoreOptions};
 use cas::store::{BlobStore, ByteRange};
 use cas::Digest;
 use client::code;
+use common::process::Proc;
 use common::{client, processes_of};
 use futures::StreamExt as _;
 use reapi::execution_client::ExecutionClient;
 use tonic::transport::Channel;
-
-/// A child process, SIGKILLed when dropped; its log is printed if the test is failing.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Process::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- {} log (last lines):", self.name);
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
 
 fn scheduler_binary() -> PathBuf {
     let worker = PathBuf::from(env!("CARGO_BIN_EXE_farm-worker"));

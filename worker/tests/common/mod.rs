@@ -29,6 +29,7 @@ use worker::executor::{Executor, ExecutorConfig, Job};
 use worker::sandbox::Limits;
 
 pub mod client;
+pub mod process;
 
 /// A storage server on an ephemeral loopback port; stops when dropped.
 pub struct CasServer {
