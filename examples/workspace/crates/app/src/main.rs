@@ -1,0 +1,6 @@
+fn main() {
+    println!("app: the main binary");
+    for line in app::report() {
+        println!("{line}");
+    }
+}
