@@ -25,6 +25,7 @@ use prost::Message as _;
 use crate::digest::Digest;
 use crate::store::BlobStore;
 
+mod compose;
 mod error;
 mod fetch;
 mod local;
@@ -32,6 +33,9 @@ mod materialize;
 mod upload;
 mod validate;
 
+pub use compose::{
+    ComposeError, ComposedTree, DirectoryIndex, EncodedDirectory, TreeBuilder, MAX_DEPTH,
+};
 pub use error::{BlobKind, MerkleError, MissingBlob};
 pub use fetch::{get_tree, get_tree_with_digests};
 pub use local::{build_tree, build_tree_blocking, LocalFile, LocalTree, TreeStats};
