@@ -47,7 +47,8 @@ struct Args {
     /// Byte budget of the local blob cache.
     #[arg(long, default_value = "10GiB")]
     cache_size: ByteSize,
-    /// Another host path visible read-only in the sandbox, besides /usr, /bin, /lib, /lib64
+    /// Another host path visible read-only in the sandbox, besides /usr, /bin, /lib, /lib64,
+    /// /etc/alternatives
     /// (a Rust toolchain, say).
     #[arg(long = "ro-path", value_name = "PATH")]
     ro_paths: Vec<PathBuf>,

@@ -2,7 +2,8 @@
 //!
 //! Every action gets fresh user, mount, PID, network, IPC and UTS namespaces (`bwrap
 //! --unshare-all`): no network but a private loopback, no capabilities, a read-only view of a
-//! few host paths (by default `/usr` and Debian's merged-usr links `/bin`, `/lib`, `/lib64`), its
+//! few host paths (by default `/usr`, Debian's merged-usr links `/bin`, `/lib`, `/lib64`, and
+//! `/etc/alternatives`, through which `cc` resolves), its
 //! input root bound read-write at [`SandboxConfig::exec_root`], a private `/tmp` inside the
 //! action's directory, fresh `/proc` and a minimal `/dev`, a read-only root otherwise, and an
 //! environment made only of the Command's variables.
@@ -27,8 +28,9 @@ use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 /// Host paths visible read-only in every sandbox by default. Those that are relative symlinks
-/// on the host (merged `/usr`) are recreated as symlinks.
-pub const DEFAULT_RO_PATHS: &[&str] = &["/usr", "/bin", "/lib", "/lib64"];
+/// on the host (merged `/usr`) are recreated as symlinks. `/etc/alternatives` holds only
+/// symlinks, but Debian's `cc`, `c++` and `ld` resolve through it.
+pub const DEFAULT_RO_PATHS: &[&str] = &["/usr", "/bin", "/lib", "/lib64", "/etc/alternatives"];
 /// Where the input root appears inside the sandbox.
 pub const DEFAULT_EXEC_ROOT: &str = "/exec";
 /// The user and group id actions see themselves as.
