@@ -1,3 +1,35 @@
-//! The `cargo farm` front end and the embedded in-process farm.
+//! `cargo farm`: builds a Cargo workspace as REAPI actions on a remote farm, on a shared cache
+//! with local sandboxed execution, or on an embedded in-process farm.
 //!
-//! Empty until issue 4 lands; see ARCHITECTURE.md for the planned invariants.
+//! | module | job |
+//! |---|---|
+//! | [`cli`] | flags (cargo's, plus where to build) |
+//! | [`command`] | `build`/`check` and `up` from start to summary |
+//! | [`embedded`] | the in-process farm: filesystem CAS, scheduler, sandboxed workers |
+//! | [`client`] | the REAPI client (CAS, ActionCache, Execution) |
+//! | [`inputs`] | input roots from sources, toolchain and earlier outputs |
+//! | [`uploader`], [`digest_cache`] | blobs into the CAS once; file hashes remembered across builds |
+//! | [`action_proto`] | resolver action specs as REAPI Command/Action |
+//! | [`build_graph`] | running the action graph, cache first, at most `-j` in flight |
+//! | [`results`] | what finished actions produced |
+//! | [`artifacts`] | final artifacts into `target/` |
+//! | [`reporter`], [`diagnose`] | progress, diagnostics, summaries; explaining sandbox failures |
+//! | [`wrapper`] | `RUSTC_WRAPPER` mode: recording cargo's own rustc invocations |
+//!
+//! Architecture invariant: the front end never computes a command line (the resolver does) and
+//! never runs an action outside a sandbox; it knows REAPI as a client only.
+
+pub mod action_proto;
+pub mod artifacts;
+pub mod build_graph;
+pub mod cli;
+pub mod client;
+pub mod command;
+pub mod diagnose;
+pub mod digest_cache;
+pub mod embedded;
+pub mod inputs;
+pub mod reporter;
+pub mod results;
+pub mod uploader;
+pub mod wrapper;
