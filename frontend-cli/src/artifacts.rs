@@ -37,7 +37,19 @@ pub fn root_artifacts(plan: &Plan) -> Vec<Artifact> {
     if plan.mode == BuildMode::Check {
         return out;
     }
-    for &i in &plan.roots {
+    // Roots, and the binaries integration tests run (cargo places those too).
+    let mut units: Vec<usize> = plan.roots.clone();
+    for &r in &plan.roots {
+        let root = plan.unit(r);
+        if root.unit.mode == Mode::Test && root.unit.target.is_test_target() {
+            units.extend(root.unit.dependencies.iter().map(|d| d.index).filter(|&d| {
+                plan.unit(d).unit.target.is_bin() && plan.unit(d).unit.mode != Mode::Test
+            }));
+        }
+    }
+    units.sort_unstable();
+    units.dedup();
+    for i in units {
         let u = plan.unit(i);
         if u.kind != UnitKind::Compile {
             continue;
@@ -95,7 +107,8 @@ pub async fn place(
             written += 1;
         }
     }
-    for &i in &plan.roots {
+    let placed: std::collections::BTreeSet<usize> = artifacts.iter().map(|a| a.unit).collect();
+    for i in placed {
         let files: Vec<String> = artifacts
             .iter()
             .filter(|a| a.unit == i)
@@ -114,6 +127,12 @@ pub async fn place(
             "package_id": u.package_id(),
             "manifest_path": manifest_path(plan, i),
             "target": target_json(plan, i),
+            "profile": {
+                "opt_level": u.unit.profile.opt_level,
+                "debug_assertions": u.unit.profile.debug_assertions,
+                "overflow_checks": u.unit.profile.overflow_checks,
+                "test": u.unit.mode == Mode::Test,
+            },
             "features": u.unit.features,
             "filenames": files,
             "executable": executable,

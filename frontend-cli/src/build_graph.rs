@@ -157,6 +157,35 @@ impl Build {
 
     async fn run_unit(&self, i: usize) -> Result<Outcome> {
         let spec = self.spec(i)?;
+        let outcome = self.run_spec(i, &spec).await?;
+        let exited_ok = self.results.get(i).is_some_and(|r| r.exit_code == 0);
+        if outcome != Outcome::Failed || exited_ok {
+            // Success, or a failure already reported (a build script's `cargo::error`).
+            return Ok(outcome);
+        }
+        // A compile that reached into another target's crate root (left out of its inputs):
+        // run it again with the whole package.
+        let excluded = excluded_paths(&spec);
+        let stderr = self
+            .results
+            .get(i)
+            .map(|r| String::from_utf8_lossy(&r.stderr).into_owned())
+            .unwrap_or_default();
+        if excluded.iter().any(|p| stderr.contains(p.as_str())) {
+            let mut full = spec.clone();
+            for input in &mut full.inputs {
+                if let resolver::Input::Package { exclude, .. } = input {
+                    exclude.clear();
+                }
+            }
+            return self.run_spec(i, &full).await;
+        }
+        self.report_failure(i, &spec, &self.results.get(i).unwrap_or_default());
+        Ok(Outcome::Failed)
+    }
+
+    async fn run_spec(&self, i: usize, spec: &ActionSpec) -> Result<Outcome> {
+        let spec = spec.clone();
         let root = self.composer.input_root(&spec, &self.results).await?;
         let encoded = action_proto::encode(&spec, root, false);
         self.uploader
@@ -185,7 +214,6 @@ impl Build {
         let unit_result = self.results.insert(i, unit_result);
         let kind = self.plan.unit(i).kind;
         if unit_result.exit_code != 0 {
-            self.report_failure(i, &spec, &unit_result);
             return Ok(Outcome::Failed);
         }
         if kind == UnitKind::BuildScriptRun {
@@ -315,6 +343,18 @@ impl Build {
             }
         }
     }
+}
+
+/// The package files a spec leaves out, relative to their package (so that rustc's
+/// `src/../examples/x.rs` spelling matches too).
+fn excluded_paths(spec: &ActionSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    for input in &spec.inputs {
+        if let resolver::Input::Package { exclude, .. } = input {
+            out.extend(exclude.iter().map(|e| e.trim_end_matches('/').to_string()));
+        }
+    }
+    out
 }
 
 /// The ActionResult of a response whose status is OK, or the status as an error.

@@ -28,7 +28,7 @@ pub struct StoredTree {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum TreeKey {
-    Package(String),
+    Package(String, Vec<String>),
     Toolchain(Vec<String>),
     Host(PathBuf),
 }
@@ -53,6 +53,22 @@ enum TreeFile {
         rel: String,
         target: String,
     },
+}
+
+impl TreeFile {
+    fn rel(&self) -> &str {
+        match self {
+            TreeFile::File { rel, .. } | TreeFile::Symlink { rel, .. } => rel,
+        }
+    }
+}
+
+/// Whether `rel` is one of `exclude` (a file) or under one (a directory, with a trailing `/`).
+fn excluded(rel: &str, exclude: &[String]) -> bool {
+    exclude.iter().any(|e| match e.strip_suffix('/') {
+        Some(dir) => rel.starts_with(&format!("{dir}/")),
+        None => rel == e,
+    })
 }
 
 fn file(rel: String, source: BlobSource, executable: bool) -> TreeFile {
@@ -93,8 +109,14 @@ impl InputComposer {
                     let t = self.tree(TreeKey::Toolchain(triples.clone())).await?;
                     b.add_tree(at, t.root, &t.index)?;
                 }
-                Input::Package { package, at } => {
-                    let t = self.tree(TreeKey::Package(package.clone())).await?;
+                Input::Package {
+                    package,
+                    at,
+                    exclude,
+                } => {
+                    let t = self
+                        .tree(TreeKey::Package(package.clone(), exclude.clone()))
+                        .await?;
                     b.add_tree(at, t.root, &t.index)?;
                 }
                 Input::UnitFile { unit, file, at } => {
@@ -155,7 +177,11 @@ impl InputComposer {
                 .into_iter()
                 .map(|(rel, local)| file(rel, BlobSource::File(local), false))
                 .collect(),
-            TreeKey::Package(id) => self.package_files(id).await?,
+            TreeKey::Package(id, exclude) => {
+                let mut files = self.package_files(id).await?;
+                files.retain(|f| !excluded(f.rel(), exclude));
+                files
+            }
             TreeKey::Host(dir) => {
                 let dir = dir.clone();
                 local_dir_files(&dir, &[]).await?
@@ -166,7 +192,7 @@ impl InputComposer {
                 "preparing the toolchain {} for the farm",
                 self.plan.toolchain.sysroot.display()
             ),
-            TreeKey::Package(id) => format!("preparing the sources of {id}"),
+            TreeKey::Package(id, _) => format!("preparing the sources of {id}"),
             TreeKey::Host(p) => format!("preparing the input {}", p.display()),
         })
     }

@@ -152,7 +152,8 @@ impl Reporter {
                 } else {
                     strip_ansi(rendered)
                 };
-                self.eprintln(shown.trim_end_matches('\n'));
+                // rendered ends with a newline; the blank line after it is cargo's spacing.
+                self.eprintln(&shown);
             }
         }
         // "aborting due to N previous errors" is itself an error diagnostic.

@@ -28,8 +28,15 @@ pub struct ActionSpec {
 /// Something an action reads, and where in the input root it goes (`at`, exec-root-relative).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Input {
-    /// Every file of a package (`Plan::package_files` / the verified crate archive).
-    Package { package: String, at: String },
+    /// The files of a package (from disk, or its verified crate archive) except `exclude`:
+    /// paths relative to the package, a trailing `/` naming a directory. Compiles leave out
+    /// the crate roots of the package's other targets, so editing `src/main.rs` does not
+    /// rebuild the library.
+    Package {
+        package: String,
+        at: String,
+        exclude: Vec<String>,
+    },
     /// The toolchain files for these target triples (the host's are always there).
     Toolchain { triples: Vec<String>, at: String },
     /// One output file (a name in `Plan::outputs` of `unit`) of an earlier compile action.

@@ -85,9 +85,11 @@ pub fn run_action(
             triples: vec![u.triple.clone()],
             at: layout::TOOLCHAIN.into(),
         },
+        // A build script may read any file of its package.
         Input::Package {
             package: package.id.clone(),
             at: package.exec_dir.clone(),
+            exclude: Vec::new(),
         },
         Input::UnitFile {
             unit: compile,

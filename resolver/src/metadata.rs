@@ -43,6 +43,15 @@ pub struct MetadataPackage {
     pub manifest_path: PathBuf,
     pub links: Option<String>,
     pub edition: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<MetadataTarget>,
+}
+
+/// One target of a package in `cargo metadata`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct MetadataTarget {
+    pub name: String,
+    pub src_path: PathBuf,
 }
 
 /// Where a package's sources come from.
@@ -85,6 +94,8 @@ pub struct PackageInfo {
     pub lints: LintFlags,
     /// A path package: lints apply in full (others get `--cap-lints allow`).
     pub is_local: bool,
+    /// The crate roots of all its targets (local paths).
+    pub targets: Vec<PathBuf>,
 }
 
 impl PackageInfo {
@@ -212,6 +223,7 @@ fn package_info(
         rust_version: text(&p.rust_version),
         links: p.links.clone(),
         lints,
+        targets: p.targets.iter().map(|t| t.src_path.clone()).collect(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The files of a local (path) package that its actions see: everything under its manifest
-//! directory except version-control metadata, the build's target directory and nested packages
-//! (directories with their own `Cargo.toml`, which are packages of their own). Symlinks are
+//! directory except version-control metadata, the build's target directory, any other cache
+//! directory (one holding a `CACHEDIR.TAG`, as every cargo target directory does) and nested
+//! packages (directories with their own `Cargo.toml`, which are packages of their own). Symlinks are
 //! followed, so a `README.md -> ../README.md` brings the file it points to.
 
 use std::collections::HashSet;
@@ -46,6 +47,11 @@ fn walk(
         return Ok(());
     }
     if !is_root && dir.join("Cargo.toml").is_file() {
+        return Ok(());
+    }
+    // Cargo marks every target directory (whatever CARGO_TARGET_DIR named it) with a
+    // CACHEDIR.TAG, as other caches do: build output is never a source.
+    if dir.join("CACHEDIR.TAG").is_file() {
         return Ok(());
     }
     let entries = std::fs::read_dir(dir).map_err(ResolveError::io(dir))?;
@@ -102,6 +108,11 @@ mod tests {
             ("nested/Cargo.toml", ""),
             ("nested/src/lib.rs", ""),
             ("data/a.txt", "a"),
+            (
+                "other-target/CACHEDIR.TAG",
+                "Signature: 8a477f597d28d172789f06886806bc55",
+            ),
+            ("other-target/debug/y", ""),
         ] {
             let f = root.join(p);
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();

@@ -242,6 +242,12 @@ pub fn compile_action(
         Input::Package {
             package: package.id.clone(),
             at: package.exec_dir.clone(),
+            // Registry and git sources never change: only local packages are narrowed.
+            exclude: if package.is_local {
+                other_target_roots(package, &target.src_path)
+            } else {
+                Vec::new()
+            },
         },
     ];
     // Direct dependencies by extern name; everything in the closure is staged for -L.
@@ -368,6 +374,40 @@ pub fn compile_action(
         output_directories: Vec::new(),
         platform: exec_platform(plan),
     })
+}
+
+/// The crate roots of the package's targets other than the one at `src` (relative to the
+/// package), and the directory of multi-file ones (`src/bin/x/main.rs` -> `src/bin/x/`)
+/// unless `src` is inside it.
+pub fn other_target_roots(package: &PackageInfo, src: &str) -> Vec<String> {
+    let src = std::path::Path::new(src);
+    let own = src.strip_prefix(&package.manifest_dir).unwrap_or(src);
+    let mut out = Vec::new();
+    for t in &package.targets {
+        let Ok(rel) = t.strip_prefix(&package.manifest_dir) else {
+            continue;
+        };
+        if rel == own {
+            continue;
+        }
+        let Ok(text) = crate::metadata::relative_slash_path(rel) else {
+            continue;
+        };
+        out.push(text);
+        if rel.file_name().is_some_and(|n| n == "main.rs") {
+            if let Some(dir) = rel.parent() {
+                let top_level = dir.parent().is_none_or(|p| p.as_os_str().is_empty());
+                if !top_level && !own.starts_with(dir) {
+                    if let Ok(d) = crate::metadata::relative_slash_path(dir) {
+                        out.push(format!("{d}/"));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// `target/` or `target/<triple>/` where cargo puts this unit's artifacts.
