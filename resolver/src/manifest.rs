@@ -79,10 +79,11 @@ pub fn package_lints(
     })
 }
 
-/// Cargo's ordering: by priority, then by name in reverse (so that, at equal priority, the
-/// flags come out as cargo prints them); the `cargo` tool's lints are cargo's own.
+/// Cargo's ordering: by priority, then by lint name (without its tool) in reverse, as cargo
+/// prints them; the `cargo` tool's lints are cargo's own.
 fn lint_flags(lints: &toml::Table) -> Result<LintFlags, String> {
-    let mut entries: Vec<(i64, std::cmp::Reverse<String>, String)> = Vec::new();
+    // (priority, name without its tool, reversed; tool; level)
+    let mut entries: Vec<(i64, std::cmp::Reverse<String>, String, String)> = Vec::new();
     let mut check_cfg = Vec::new();
     for (tool, table) in lints {
         if tool == "cargo" || tool == "workspace" {
@@ -127,14 +128,14 @@ fn lint_flags(lints: &toml::Table) -> Result<LintFlags, String> {
             } else {
                 format!("{tool}::{name}")
             };
-            entries.push((priority, std::cmp::Reverse(full), level));
+            entries.push((priority, std::cmp::Reverse(name.clone()), full, level));
         }
     }
     entries.sort();
     Ok(LintFlags {
         flags: entries
             .into_iter()
-            .map(|(_, name, level)| format!("--{level}={}", name.0))
+            .map(|(_, _, full, level)| format!("--{level}={full}"))
             .collect(),
         check_cfg,
     })
@@ -163,7 +164,7 @@ mod tests {
             f.flags,
             vec![
                 "--warn=missing_docs",
-                "--warn=unsafe_code".replace("warn", "forbid").as_str(),
+                "--forbid=unsafe_code",
                 "--warn=unexpected_cfgs",
                 "--deny=clippy::pedantic",
             ]

@@ -169,7 +169,6 @@ pub fn compile_action(
         }
         _ => {}
     }
-    a.extend(package.lints.flags.iter().cloned());
     if let Some(n) = profile.codegen_units {
         a.extend(["-C".into(), format!("codegen-units={n}")]);
     }
@@ -178,6 +177,11 @@ pub fn compile_action(
     }
     if let Some(s) = &profile.split_debuginfo {
         a.extend(["-C".into(), format!("split-debuginfo={s}")]);
+    }
+    // [lints], then the check-cfg values of lints.rust.unexpected_cfgs, as cargo orders them.
+    a.extend(package.lints.flags.iter().cloned());
+    for c in &package.lints.check_cfg {
+        a.extend(["--check-cfg".into(), c.clone()]);
     }
     let default_assertions = profile.opt_level == "0";
     if profile.debug_assertions != default_assertions {
@@ -208,9 +212,6 @@ pub fn compile_action(
         "--check-cfg".into(),
         format!("cfg(feature, values({}))", values.join(", ")),
     ]);
-    for c in &package.lints.check_cfg {
-        a.extend(["--check-cfg".into(), c.clone()]);
-    }
     a.extend(["-C".into(), format!("metadata={}", u.hash)]);
     if !u.extra_filename.is_empty() {
         a.extend(["-C".into(), format!("extra-filename={}", u.extra_filename)]);
@@ -303,6 +304,23 @@ pub fn compile_action(
         env.push(("CARGO_TARGET_TMPDIR".into(), tmp.display().to_string()));
     }
 
+    // Native search paths of every build script in the closure first, then this package's
+    // own directives (cargo's order).
+    for run in plan.link_search_runs(i) {
+        let Some(output) = scripts.script_output(run) else {
+            continue;
+        };
+        for s in &output.link_search {
+            a.extend(["-L".into(), s.clone()]);
+        }
+        if !output.link_search.is_empty() && Some(run) != plan.own_script_run(i) {
+            let run_pkg = plan.package_of(run)?;
+            inputs.push(Input::OutDir {
+                unit: run,
+                at: plan.unit(run).out_dir(run_pkg),
+            });
+        }
+    }
     // This package's build script: OUT_DIR, cfgs, env, link flags.
     if let Some(run) = plan.own_script_run(i) {
         let out_dir = plan.unit(run).out_dir(package);
@@ -340,21 +358,6 @@ pub fn compile_action(
             a.extend(["--check-cfg".into(), c.clone()]);
         }
         env.extend(output.env.iter().cloned());
-    }
-    for run in plan.link_search_runs(i) {
-        let Some(output) = scripts.script_output(run) else {
-            continue;
-        };
-        for s in &output.link_search {
-            a.extend(["-L".into(), s.clone()]);
-        }
-        if !output.link_search.is_empty() && Some(run) != plan.own_script_run(i) {
-            let run_pkg = plan.package_of(run)?;
-            inputs.push(Input::OutDir {
-                unit: run,
-                at: plan.unit(run).out_dir(run_pkg),
-            });
-        }
     }
     a.extend(plan.config.rustflags_for(u.unit.platform.as_deref()));
     a.push(format!("--remap-path-prefix={EXEC_ROOT}=."));
