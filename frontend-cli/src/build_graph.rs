@@ -19,7 +19,7 @@ use crate::action_proto::{self, EncodedAction};
 use crate::client::FarmClient;
 use crate::diagnose;
 use crate::inputs::InputComposer;
-use crate::reporter::{Outcome, Reporter};
+use crate::reporter::{Diagnostics, Outcome, Reporter};
 use crate::results::{Results, UnitResult};
 use crate::uploader::{BlobSource, Uploader};
 
@@ -246,8 +246,15 @@ impl Build {
             }));
             self.scripts.lock().insert(i, output);
         } else {
-            self.reporter
-                .diagnostics(&self.plan, i, &unit_result.stderr);
+            let d = self.reporter.diagnostics(&self.plan, i, &unit_result.stderr);
+            if d.warnings > 0 && !self.reporter.is_json() {
+                self.reporter.eprintln(&format!(
+                    "warning: `{}` ({}) generated {}\n",
+                    self.plan.package_of(i).map(|p| p.name.clone()).unwrap_or_default(),
+                    unit_label(&self.plan, i),
+                    Diagnostics::plural(d.warnings, "warning")
+                ));
+            }
         }
         Ok(if cached {
             Outcome::CacheHit
@@ -314,29 +321,23 @@ impl Build {
                 }
             }
             UnitKind::Compile | UnitKind::BuildScriptCompile => {
-                let errors = self.reporter.diagnostics(plan, i, &r.stderr);
+                let d = self.reporter.diagnostics(plan, i, &r.stderr);
                 let name = plan
                     .package_of(i)
                     .map(|p| p.name.clone())
                     .unwrap_or_default();
-                let what = if u.kind == UnitKind::BuildScriptCompile {
-                    "build script".to_string()
-                } else {
-                    let t = &u.unit.target;
-                    let kind = t.kind.first().cloned().unwrap_or_default();
-                    if t.is_lib() {
-                        kind
-                    } else {
-                        format!("{kind} \"{}\"", t.name)
-                    }
-                };
-                let count = if errors == 1 {
-                    "due to 1 previous error".to_string()
-                } else if errors > 1 {
-                    format!("due to {errors} previous errors")
+                let what = unit_label(plan, i);
+                let mut count = if d.errors > 0 {
+                    format!("due to {}", Diagnostics::plural(d.errors, "previous error"))
                 } else {
                     format!("(rustc exited with {})", r.exit_code)
                 };
+                if d.warnings > 0 {
+                    count.push_str(&format!(
+                        "; {} emitted",
+                        Diagnostics::plural(d.warnings, "warning")
+                    ));
+                }
                 self.reporter.eprintln(&format!(
                     "error: could not compile `{name}` ({what}) {count}"
                 ));
@@ -355,6 +356,26 @@ fn excluded_paths(spec: &ActionSpec) -> Vec<String> {
         }
     }
     out
+}
+
+/// `lib`, `bin "app"`, `build script`, `test "report"`: how cargo names a unit in messages.
+fn unit_label(plan: &Plan, i: usize) -> String {
+    let u = plan.unit(i);
+    if u.kind == UnitKind::BuildScriptCompile {
+        return "build script".into();
+    }
+    let t = &u.unit.target;
+    let kind = t.kind.first().cloned().unwrap_or_default();
+    let base = if t.is_lib() {
+        kind
+    } else {
+        format!("{kind} \"{}\"", t.name)
+    };
+    if u.unit.mode == resolver::unit_graph::Mode::Test {
+        format!("{base} test")
+    } else {
+        base
+    }
 }
 
 /// The ActionResult of a response whose status is OK, or the status as an error.

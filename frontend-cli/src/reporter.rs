@@ -18,6 +18,24 @@ pub enum Outcome {
     Failed,
 }
 
+/// Diagnostics of one rustc run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    pub errors: usize,
+    pub warnings: usize,
+}
+
+impl Diagnostics {
+    /// ` due to 2 previous errors; 1 warning emitted`-style suffix, as cargo words it.
+    pub fn plural(n: usize, what: &str) -> String {
+        if n == 1 {
+            format!("1 {what}")
+        } else {
+            format!("{n} {what}s")
+        }
+    }
+}
+
 /// Counters of a build.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -121,10 +139,11 @@ impl Reporter {
         self.json
     }
 
-    /// Shows rustc's JSON diagnostics from `stderr` of unit `i`; returns how many were errors.
-    pub fn diagnostics(&self, plan: &Plan, i: usize, stderr: &[u8]) -> usize {
+    /// Shows rustc's JSON diagnostics from `stderr` of unit `i` as cargo does: each rendered
+    /// diagnostic, rustc's own "N warnings emitted" / "aborting due to" summaries left out.
+    pub fn diagnostics(&self, plan: &Plan, i: usize, stderr: &[u8]) -> Diagnostics {
         let text = String::from_utf8_lossy(stderr);
-        let mut errors: usize = 0;
+        let mut counts = Diagnostics::default();
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 if !line.trim().is_empty() {
@@ -135,8 +154,18 @@ impl Reporter {
             if v.get("$message_type").and_then(Value::as_str) != Some("diagnostic") {
                 continue;
             }
-            if v.get("level").and_then(Value::as_str) == Some("error") {
-                errors += 1;
+            let message = v.get("message").and_then(Value::as_str).unwrap_or_default();
+            let summary_line = v.get("spans").and_then(Value::as_array).is_some_and(Vec::is_empty)
+                && (message.starts_with("aborting due to")
+                    || message.ends_with("warning emitted")
+                    || message.ends_with("warnings emitted"));
+            if summary_line {
+                continue;
+            }
+            match v.get("level").and_then(Value::as_str) {
+                Some("error") | Some("error: internal compiler error") => counts.errors += 1,
+                Some("warning") => counts.warnings += 1,
+                _ => {}
             }
             if self.json {
                 self.message(json!({
@@ -152,12 +181,19 @@ impl Reporter {
                 } else {
                     strip_ansi(rendered)
                 };
-                // rendered ends with a newline; the blank line after it is cargo's spacing.
-                self.eprintln(&shown);
+                // `rendered` ends with its own newline.
+                self.eprint(&shown);
             }
         }
-        // "aborting due to N previous errors" is itself an error diagnostic.
-        errors.saturating_sub(usize::from(errors > 1))
+        counts
+    }
+
+    /// Text on stderr, above the bar, as is.
+    pub fn eprint(&self, text: &str) {
+        self.bar.suspend(|| {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "{text}");
+        });
     }
 
     /// Ends the bar and prints the summary line (or the JSON summary).

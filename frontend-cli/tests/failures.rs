@@ -146,3 +146,21 @@ fn bad_input_is_refused_by_name() {
         "{stderr}"
     );
 }
+
+#[test]
+fn warnings_show_as_cargo_shows_them_also_from_the_cache() {
+    let p = Project::new("workspace");
+    let home = FarmHome::new();
+    let lib = p.path("crates/app/src/lib.rs");
+    let mut source = std::fs::read_to_string(&lib).unwrap();
+    source.push_str("\npub fn warned() { let unused_here = 1; }\n");
+    std::fs::write(&lib, source).unwrap();
+    for round in ["executed", "cached"] {
+        let out = cargo_farm(home.path(), &p.dir, &["build"]);
+        ok(&out, "cargo farm build");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("warning: unused variable: `unused_here`"), "{round}: {stderr}");
+        assert!(stderr.contains("warning: `app` (lib) generated 1 warning"), "{round}: {stderr}");
+        assert!(!stderr.contains("warning emitted"), "{round}: {stderr}");
+    }
+}
