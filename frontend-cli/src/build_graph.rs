@@ -246,11 +246,16 @@ impl Build {
             }));
             self.scripts.lock().insert(i, output);
         } else {
-            let d = self.reporter.diagnostics(&self.plan, i, &unit_result.stderr);
+            let d = self
+                .reporter
+                .diagnostics(&self.plan, i, &unit_result.stderr);
             if d.warnings > 0 && !self.reporter.is_json() {
                 self.reporter.eprintln(&format!(
                     "warning: `{}` ({}) generated {}\n",
-                    self.plan.package_of(i).map(|p| p.name.clone()).unwrap_or_default(),
+                    self.plan
+                        .package_of(i)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_default(),
                     unit_label(&self.plan, i),
                     Diagnostics::plural(d.warnings, "warning")
                 ));

@@ -155,7 +155,10 @@ impl Reporter {
                 continue;
             }
             let message = v.get("message").and_then(Value::as_str).unwrap_or_default();
-            let summary_line = v.get("spans").and_then(Value::as_array).is_some_and(Vec::is_empty)
+            let summary_line = v
+                .get("spans")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
                 && (message.starts_with("aborting due to")
                     || message.ends_with("warning emitted")
                     || message.ends_with("warnings emitted"));

@@ -159,8 +159,14 @@ fn warnings_show_as_cargo_shows_them_also_from_the_cache() {
         let out = cargo_farm(home.path(), &p.dir, &["build"]);
         ok(&out, "cargo farm build");
         let stderr = text(&out.stderr);
-        assert!(stderr.contains("warning: unused variable: `unused_here`"), "{round}: {stderr}");
-        assert!(stderr.contains("warning: `app` (lib) generated 1 warning"), "{round}: {stderr}");
+        assert!(
+            stderr.contains("warning: unused variable: `unused_here`"),
+            "{round}: {stderr}"
+        );
+        assert!(
+            stderr.contains("warning: `app` (lib) generated 1 warning"),
+            "{round}: {stderr}"
+        );
         assert!(!stderr.contains("warning emitted"), "{round}: {stderr}");
     }
 }

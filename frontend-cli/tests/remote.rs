@@ -19,11 +19,7 @@ struct Up {
 impl Up {
     fn start() -> Up {
         let home = FarmHome::new();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_cargo-farm"))
             .args(["farm", "up", "--listen", &format!("127.0.0.1:{port}")])
             .env("CARGO_FARM_HOME", home.path())
@@ -102,11 +98,7 @@ fn builds_share_one_farm_by_remote_execution_and_by_remote_cache() {
 fn an_unreachable_farm_is_named() {
     let p = Project::new("workspace");
     let home = FarmHome::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("grpc://127.0.0.1:{port}");
     let out = cargo_farm(home.path(), &p.dir, &["build", "--remote", &url]);
     assert_eq!(out.status.code(), Some(101));

@@ -172,7 +172,7 @@ impl BuildRequest {
         cmd.args(["metadata", "--format-version", "1"]);
         cmd.args(self.common_args());
         cmd.args(self.feature_args());
-        let out = run(&mut cmd, "cargo metadata")?;
+        let out = run(&mut cmd, Some("cargo metadata"))?;
         serde_json::from_slice(&out)
             .map_err(|e| ResolveError::Cargo(format!("cannot read cargo metadata's output: {e}")))
     }
@@ -183,7 +183,7 @@ impl BuildRequest {
         let mut cmd = self.command();
         cmd.args(self.unit_graph_args());
         cmd.env("RUSTC_BOOTSTRAP", "1");
-        let out = run(&mut cmd, "cargo build --unit-graph").map_err(|e| match e {
+        let out = run(&mut cmd, Some("cargo build --unit-graph")).map_err(|e| match e {
             ResolveError::Cargo(m) => ResolveError::Cargo(format!(
                 "{m}\ncargo-farm plans builds from cargo's unit graph (`cargo build --unit-graph \
                  -Z unstable-options`, enabled with RUSTC_BOOTSTRAP=1); this cargo refused it"
@@ -194,19 +194,29 @@ impl BuildRequest {
     }
 }
 
-/// Runs `cmd`, returning stdout, or an error carrying cargo's own stderr.
-fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>, ResolveError> {
+/// Runs `cmd`, returning stdout, or an error naming `what` (or the command line, when `what` is
+/// `None`) with the program's own stderr.
+pub(crate) fn run(cmd: &mut Command, what: Option<&str>) -> Result<Vec<u8>, ResolveError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd.output().map_err(|source| ResolveError::Spawn {
         program: program.clone(),
         source,
     })?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let shown = match what {
+            Some(w) => w.to_string(),
+            None => {
+                let args: Vec<String> = cmd
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                format!("{program} {}", args.join(" "))
+            }
+        };
         return Err(ResolveError::Cargo(format!(
-            "`{what}` failed ({}):\n{}",
+            "`{shown}` failed ({}):\n{}",
             out.status,
-            stderr.trim_end()
+            String::from_utf8_lossy(&out.stderr).trim_end()
         )));
     }
     Ok(out.stdout)

@@ -262,23 +262,8 @@ fn parse_cfg_line(line: &str) -> (String, Option<String>) {
 /// Runs `cmd` and returns its stdout as text, or an error with its stderr.
 fn output(cmd: &mut Command) -> Result<String, ResolveError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|source| ResolveError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        let args: Vec<String> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        return Err(ResolveError::Cargo(format!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    String::from_utf8(out.stdout)
+    let out = crate::cargo::run(cmd, None)?;
+    String::from_utf8(out)
         .map_err(|_| ResolveError::Cargo(format!("{program} printed something that is not UTF-8")))
 }
 

@@ -168,3 +168,12 @@ pub fn n(v: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("summary has no {key}: {v}"))
 }
+
+/// A loopback port nothing listens on (just now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
