@@ -98,3 +98,40 @@ fn a_crate_archive_that_does_not_match_cargo_lock_is_refused() {
     // Nothing was built from it: no artifact of the workspace exists.
     assert!(!p.path("target/debug/app").exists());
 }
+
+#[test]
+fn vendored_crates_are_verified_file_by_file() {
+    let p = Project::new("workspace");
+    let home = FarmHome::new();
+    let vendor = std::process::Command::new("cargo")
+        .args(["vendor", "--locked", "--offline", "vendor"])
+        .current_dir(&p.dir)
+        .output()
+        .unwrap();
+    ok(&vendor, "cargo vendor");
+    std::fs::create_dir_all(p.path(".cargo")).unwrap();
+    std::fs::write(
+        p.path(".cargo/config.toml"),
+        "[source.crates-io]\nreplace-with = \"vendored-sources\"\n\
+         [source.vendored-sources]\ndirectory = \"vendor\"\n",
+    )
+    .unwrap();
+    let built = farm_build(home.path(), &p.dir, &["--offline"]);
+    assert_eq!(n(&built, "failed"), 0);
+    assert!(run(&p.path("target/debug/app"), &[]).contains("native:"));
+
+    // An edited vendored file no longer matches .cargo-checksum.json: refused, in a fresh farm
+    // home so nothing comes from the cache.
+    let lib = p.path("vendor/shlex/src/lib.rs");
+    let mut text = std::fs::read_to_string(&lib).unwrap();
+    text.push_str("\n// edited\n");
+    std::fs::write(&lib, text).unwrap();
+    let fresh = FarmHome::new();
+    let out = cargo_farm(fresh.path(), &p.dir, &["build", "--offline"]);
+    assert_eq!(out.status.code(), Some(101));
+    let stderr = common::text(&out.stderr);
+    assert!(
+        stderr.contains("shlex") && stderr.contains("src/lib.rs"),
+        "{stderr}"
+    );
+}

@@ -67,6 +67,11 @@ pub(super) fn recover(root: &Path, found: &mut Vec<FoundBlob>) -> io::Result<boo
         debug!(root = %root.display(), "filesystem store was shut down cleanly");
         return Ok(false);
     }
+    if found.is_empty() {
+        // A new (or empty) store: nothing written before the stop can be torn.
+        debug!(root = %root.display(), "filesystem store is empty; nothing to recover");
+        return Ok(false);
+    }
     let checkpoint = read_checkpoint(root);
     let now = unix_secs(SystemTime::now());
     let since = match checkpoint {
