@@ -116,7 +116,8 @@ pub async fn build(args: BuildArgs, mode: BuildMode) -> Result<i32> {
 
 /// The sandboxed executor of `--remote-cache` builds (its blob cache under the farm home).
 async fn local_executor(home: &std::path::Path, client: &FarmClient) -> Result<worker::Executor> {
-    let mut config = worker::ExecutorConfig::new(home.join("local-worker"));
+    let mut config =
+        worker::ExecutorConfig::new(crate::worker_dir::worker_dir(home, "local-worker")?);
     config.slots = cpus();
     let executor = worker::Executor::new(config, client.store.clone())
         .await

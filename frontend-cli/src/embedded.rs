@@ -157,7 +157,7 @@ const EMBEDDED_UID_BASE: u32 = 62000;
 const UID_BLOCK: u32 = 256;
 
 async fn start_executor(options: &EmbeddedOptions, url: &str, n: u32) -> Result<Executor> {
-    let work_dir = options.home.join(format!("worker-{n}"));
+    let work_dir = crate::worker_dir::worker_dir(&options.home, &format!("worker-{n}"))?;
     let root = SandboxConfig::default().uid_base.is_some();
     let mut last_error = None;
     for block in 0..64 {

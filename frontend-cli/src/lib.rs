@@ -14,6 +14,7 @@
 //! | [`results`] | what finished actions produced |
 //! | [`artifacts`] | final artifacts into `target/` |
 //! | [`reporter`], [`diagnose`] | progress, diagnostics, summaries; explaining sandbox failures |
+//! | [`worker_dir`] | where local workers live (reachable by sandbox users) |
 //! | [`wrapper`] | `RUSTC_WRAPPER` mode: recording cargo's own rustc invocations |
 //!
 //! Architecture invariant: the front end never computes a command line (the resolver does) and
@@ -32,4 +33,5 @@ pub mod inputs;
 pub mod reporter;
 pub mod results;
 pub mod uploader;
+pub mod worker_dir;
 pub mod wrapper;
