@@ -66,6 +66,7 @@ impl EmbeddedFarm {
         let ac = FilesystemStore::open_with(home.join("ac"), ac_options)
             .await
             .with_context(|| format!("opening the action cache under {}", home.display()))?;
+        let local_blobs: Arc<dyn worker::cache::LocalBlobs> = Arc::new(cas.clone());
         let storage = Storage::new(
             Arc::new(cas),
             Arc::new(ac),
@@ -101,7 +102,7 @@ impl EmbeddedFarm {
         let workers_stop = CancellationToken::new();
         let mut workers = Vec::new();
         for n in 0..options.workers.max(1) {
-            let executor = start_executor(&options, &url, n).await?;
+            let executor = start_executor(&options, &url, n, local_blobs.clone()).await?;
             let session = SessionConfig {
                 scheduler_url: url.clone(),
                 worker_id: format!("embedded-{}-{n}", std::process::id()),
@@ -156,7 +157,12 @@ impl EmbeddedFarm {
 const EMBEDDED_UID_BASE: u32 = 62000;
 const UID_BLOCK: u32 = 256;
 
-async fn start_executor(options: &EmbeddedOptions, url: &str, n: u32) -> Result<Executor> {
+async fn start_executor(
+    options: &EmbeddedOptions,
+    url: &str,
+    n: u32,
+    local_blobs: Arc<dyn worker::cache::LocalBlobs>,
+) -> Result<Executor> {
     let work_dir = crate::worker_dir::worker_dir(&options.home, &format!("worker-{n}"))?;
     let root = SandboxConfig::default().uid_base.is_some();
     let mut last_error = None;
@@ -172,6 +178,8 @@ async fn start_executor(options: &EmbeddedOptions, url: &str, n: u32) -> Result<
             ..SandboxConfig::default()
         };
         config.worker_name = format!("embedded-{n}");
+        // The CAS beside it: inputs are hardlinked from it rather than copied over gRPC.
+        config.local_blobs = Some(local_blobs.clone());
         match Executor::new(config, store).await {
             Ok(executor) => {
                 executor.self_test().await.context(

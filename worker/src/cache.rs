@@ -8,6 +8,9 @@
 //! - Misses are fetched through a [`GrpcStore`]: small blobs in `BatchReadBlobs` requests, large
 //!   ones streamed to disk. Every fetched blob is hashed and checked against its digest before
 //!   it is renamed into place, so the cache only ever holds verified content.
+//! - A worker beside a filesystem store it trusts (the embedded farm's) hardlinks blobs from that
+//!   store instead of fetching them ([`LocalBlobs`]); such a store only ever holds files whose
+//!   content matched their digest, so they are not hashed again.
 //! - Concurrent requests for the same blob share one fetch, which runs in its own task so it
 //!   completes for the others even if the action that started it is cancelled.
 //! - On start the index is rebuilt from the files on disk.
@@ -33,6 +36,19 @@ use tokio::io::AsyncWriteExt as _;
 const BATCH_READ_MAX_BLOB: u64 = 256 * 1024;
 /// How many large blobs are streamed at once.
 const STREAM_CONCURRENCY: usize = 8;
+
+/// A trusted store on this machine whose files hold exactly the content of their digest (a
+/// `cas::store::filesystem::FilesystemStore`, which verifies every blob before it is visible).
+pub trait LocalBlobs: Send + Sync + std::fmt::Debug {
+    /// The file holding `digest`, if it may be there.
+    fn blob_file(&self, digest: &Digest) -> Option<PathBuf>;
+}
+
+impl LocalBlobs for cas::store::filesystem::FilesystemStore {
+    fn blob_file(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(self.blob_path(digest))
+    }
+}
 
 /// One cached file: a blob and the mode its copy has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,6 +119,7 @@ pub struct LocalCache {
     index: Mutex<Index>,
     inflight: Mutex<HashMap<Key, Shared<BoxFuture<'static, FetchResult>>>>,
     remote_fetches: AtomicU64,
+    local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
 }
 
 impl std::fmt::Debug for LocalCache {
@@ -158,9 +175,15 @@ impl LocalCache {
             index: Mutex::new(index),
             inflight: Mutex::new(HashMap::new()),
             remote_fetches: AtomicU64::new(0),
+            local: std::sync::OnceLock::new(),
         };
         cache.evict();
         Ok(Arc::new(cache))
+    }
+
+    /// Takes blobs from `local` (by hardlink, or a copy across filesystems) before fetching.
+    pub fn set_local_source(&self, local: Arc<dyn LocalBlobs>) {
+        let _ = self.local.set(local);
     }
 
     /// Where the cached file of `key` is (whether or not it is there now).
@@ -289,12 +312,15 @@ impl LocalCache {
             if let Some(i) = twin_held {
                 copies.push(group.swap_remove(i));
             }
+            // Fetch the read-only copy first: it can be hardlinked from a local store.
+            group.sort_by_key(|(k, _)| !k.executable);
             if let Some(first) = group.pop() {
                 remote.push(first);
             }
             copies.extend(group);
         }
 
+        let remote = self.take_local(remote).await;
         let small: Vec<_> = remote
             .iter()
             .filter(|(k, _)| k.digest.size() <= BATCH_READ_MAX_BLOB)
@@ -333,6 +359,41 @@ impl LocalCache {
             };
             self.finish(key, tx, r);
         }
+    }
+
+    /// Places the keys the local store holds (answering their waiters); returns the rest.
+    async fn take_local(
+        &self,
+        keys: Vec<(Key, tokio::sync::oneshot::Sender<FetchResult>)>,
+    ) -> Vec<(Key, tokio::sync::oneshot::Sender<FetchResult>)> {
+        let Some(local) = self.local.get().cloned() else {
+            return keys;
+        };
+        let jobs: Vec<(Key, PathBuf, PathBuf, PathBuf)> = keys
+            .iter()
+            .filter_map(|(k, _)| {
+                let src = local.blob_file(&k.digest)?;
+                let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
+                Some((*k, src, tmp, self.path(k)))
+            })
+            .collect();
+        let placed = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .filter(|(k, src, tmp, dest)| place_local(k, src, tmp, dest).is_ok())
+                .map(|(k, ..)| k)
+                .collect::<std::collections::HashSet<Key>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut rest = Vec::new();
+        for (key, tx) in keys {
+            if placed.contains(&key) {
+                self.finish(key, tx, Ok(()));
+            } else {
+                rest.push((key, tx));
+            }
+        }
+        rest
     }
 
     /// Records a finished fetch, then wakes its waiters.
@@ -505,6 +566,24 @@ impl LocalCache {
             let _ = std::fs::remove_file(self.path(&k));
         }
     }
+}
+
+/// Puts a trusted local store's file for `key` in place: a hardlink when the store's file has
+/// the key's mode or can take it (non-executable files become 0444), a copy otherwise.
+fn place_local(key: &Key, src: &Path, tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(src)?;
+    if !meta.is_file() || meta.len() != key.digest.size() {
+        return Err(std::io::Error::other("not the blob's size"));
+    }
+    let guard = RemoveOnDrop(Some(tmp.to_path_buf()));
+    let linked = !key.executable && std::fs::hard_link(src, tmp).is_ok();
+    if !linked {
+        std::fs::copy(src, tmp)?;
+    }
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(key.mode()))?;
+    std::fs::rename(tmp, dest)?;
+    guard.defuse();
+    Ok(())
 }
 
 /// Writes a verified small blob to a temp file and renames it into place.

@@ -64,6 +64,8 @@ pub struct ExecutorConfig {
     pub allow_escaping_symlinks: bool,
     /// Put in `ExecutedActionMetadata.worker`.
     pub worker_name: String,
+    /// A trusted store on this machine to take input blobs from before fetching them.
+    pub local_blobs: Option<Arc<dyn crate::cache::LocalBlobs>>,
 }
 
 impl ExecutorConfig {
@@ -78,6 +80,7 @@ impl ExecutorConfig {
             max_input_entries: 1_000_000,
             allow_escaping_symlinks: false,
             worker_name: crate::platform::worker_id(),
+            local_blobs: None,
         }
     }
 }
@@ -199,6 +202,9 @@ impl Executor {
             .map_err(io_err(&actions_dir))?;
         let cache_dir = work.join("cache");
         let cache = LocalCache::open(&cache_dir, config.cache_bytes).map_err(io_err(&cache_dir))?;
+        if let Some(local) = &config.local_blobs {
+            cache.set_local_source(local.clone());
+        }
         let sandbox = Sandbox::new(config.sandbox.clone())?;
         let slots = config.slots.max(1);
         let users = sandbox.claim_users(slots)?;

@@ -144,3 +144,46 @@ async fn least_recently_used_blobs_are_evicted_beyond_the_budget() {
     assert!(!cache.path(&key(&blobs[1], false)).exists());
     assert!(cache.used_bytes() <= 250_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_of_a_local_filesystem_store_are_hardlinked_not_fetched() {
+    let (_server, store, dir) = setup().await;
+    let local_root = tempfile::tempdir().unwrap();
+    let local =
+        cas::store::filesystem::FilesystemStore::open(local_root.path().to_path_buf(), 1 << 30)
+            .await
+            .unwrap();
+    let here = Bytes::from_static(b"in the local store");
+    let remote_only = Bytes::from_static(b"only in the remote CAS");
+    local
+        .put_bytes(&Digest::of(&here), here.clone())
+        .await
+        .unwrap();
+    store
+        .batch_update(vec![(Digest::of(&remote_only), remote_only.clone())])
+        .await
+        .unwrap();
+
+    let cache = LocalCache::open(&dir.path().join("cache"), 1 << 30).unwrap();
+    cache.set_local_source(Arc::new(local.clone()));
+    let keys = [
+        key(&here, false),
+        key(&here, true),
+        key(&remote_only, false),
+    ];
+    cache.ensure(&store, &keys).await.unwrap();
+    assert_eq!(
+        cache.remote_fetches(),
+        1,
+        "only the blob the local store lacks is fetched"
+    );
+    let cached = std::fs::metadata(cache.path(&keys[0])).unwrap();
+    let stored = std::fs::metadata(local.blob_path(&Digest::of(&here))).unwrap();
+    assert_eq!(cached.ino(), stored.ino(), "a hardlink, not a copy");
+    assert_eq!(cached.permissions().mode() & 0o777, 0o444);
+    // The executable twin needs its own inode (mode 0555).
+    let exec = std::fs::metadata(cache.path(&keys[1])).unwrap();
+    assert_ne!(exec.ino(), stored.ino());
+    assert_eq!(exec.permissions().mode() & 0o777, 0o555);
+    assert_eq!(std::fs::read(cache.path(&keys[1])).unwrap(), here);
+}
