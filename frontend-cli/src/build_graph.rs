@@ -41,6 +41,8 @@ pub struct Build {
     pub reporter: Reporter,
     pub execution: Execution,
     pub jobs: usize,
+    /// Print each action's command line (`-v`).
+    pub verbose: bool,
     scripts: Mutex<HashMap<usize, BuildScriptOutput>>,
 }
 
@@ -70,6 +72,7 @@ impl Build {
             reporter,
             execution,
             jobs: jobs.max(1),
+            verbose: false,
             scripts: Mutex::new(HashMap::new()),
         }
     }
@@ -201,6 +204,18 @@ impl Build {
             ])
             .await?;
         let (result, cached) = self.execute(&encoded).await?;
+        if self.verbose {
+            let cwd = if spec.working_directory.is_empty() {
+                String::new()
+            } else {
+                format!(" (in {})", spec.working_directory)
+            };
+            self.reporter.eprintln(&format!(
+                "{:>12} `{}`{cwd}",
+                if cached { "Cached" } else { "Ran" },
+                spec.argv_line()
+            ));
+        }
         let unit_result =
             UnitResult::from_action_result(&self.client, &result, &spec.working_directory, cached)
                 .await?;

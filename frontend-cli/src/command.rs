@@ -36,12 +36,13 @@ pub async fn build(args: BuildArgs, mode: BuildMode) -> Result<i32> {
         .with_context(|| format!("creating the farm home {}", home.display()))?;
     let digests = Arc::new(DigestCache::load(&home.join("file-digests")));
 
+    let farm_args = crate::farm_config::resolve(&args.farm, &plan.packages.workspace_root, &home)?;
     let mut embedded = None;
-    let (client, execution, where_) = if let Some(url) = &args.farm.remote {
-        let client = FarmClient::connect(url, &args.farm.instance).await?;
+    let (client, execution, where_) = if let Some(url) = &farm_args.remote {
+        let client = FarmClient::connect(url, &farm_args.instance).await?;
         (client, Execution::Farm, "remote")
-    } else if let Some(url) = &args.farm.remote_cache {
-        let client = FarmClient::connect(url, &args.farm.instance).await?;
+    } else if let Some(url) = &farm_args.remote_cache {
+        let client = FarmClient::connect(url, &farm_args.instance).await?;
         let executor = local_executor(&home, &client).await?;
         (client, Execution::Local(Arc::new(executor)), "remote-cache")
     } else {
@@ -54,7 +55,7 @@ pub async fn build(args: BuildArgs, mode: BuildMode) -> Result<i32> {
             bwrap: PathBuf::from("bwrap"),
         })
         .await?;
-        let client = FarmClient::connect(farm.url(), &args.farm.instance).await?;
+        let client = FarmClient::connect(farm.url(), &farm_args.instance).await?;
         embedded = Some(farm);
         (client, Execution::Farm, "embedded")
     };
@@ -67,7 +68,7 @@ pub async fn build(args: BuildArgs, mode: BuildMode) -> Result<i32> {
     let composer = InputComposer::new(plan.clone(), uploader.clone(), digests.clone())?;
     let json = args.message_format == MessageFormat::Json;
     let reporter = Reporter::new(plan.units.len(), json);
-    let build = Arc::new(Build::new(
+    let mut build = Build::new(
         plan.clone(),
         client.clone(),
         uploader.clone(),
@@ -75,7 +76,9 @@ pub async fn build(args: BuildArgs, mode: BuildMode) -> Result<i32> {
         reporter,
         execution,
         jobs,
-    ));
+    );
+    build.verbose = args.verbose;
+    let build = Arc::new(build);
     let mut ok = build.run().await;
     let mut placed = 0;
     if ok {

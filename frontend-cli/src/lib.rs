@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`cli`] | flags (cargo's, plus where to build) |
 //! | [`command`] | `build`/`check` and `up` from start to summary |
+//! | [`farm_config`] | `[farm]` in cargo-farm.toml or the home's config.toml: where to build |
 //! | [`embedded`] | the in-process farm: filesystem CAS, scheduler, sandboxed workers |
 //! | [`client`] | the REAPI client (CAS, ActionCache, Execution) |
 //! | [`inputs`] | input roots from sources, toolchain and earlier outputs |
@@ -29,6 +30,7 @@ pub mod command;
 pub mod diagnose;
 pub mod digest_cache;
 pub mod embedded;
+pub mod farm_config;
 pub mod inputs;
 pub mod reporter;
 pub mod results;

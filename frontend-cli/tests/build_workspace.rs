@@ -84,8 +84,21 @@ fn a_changed_source_reruns_only_what_depends_on_it() {
         main.display()
     );
     std::fs::write(&main, changed).unwrap();
-    let second = farm_build(home.path(), &p.dir, &[]);
+    let out = cargo_farm(
+        home.path(),
+        &p.dir,
+        &["build", "-v", "--message-format", "json"],
+    );
+    ok(&out, "cargo farm build -v");
+    let second = summary(&out);
     assert_eq!(n(&second, "executed"), 1, "{second}");
+    // -v shows each action's command line: the one that ran, the others from the cache.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("Ran `.cargo-farm/toolchain/bin/rustc --crate-name app --edition=2024 crates/app/src/main.rs"),
+        "{stderr}"
+    );
+    assert!(stderr.matches("Cached `").count() >= 10, "{stderr}");
     assert!(run(&p.path("target/debug/app"), &[]).contains("app: the changed binary"));
 
     // A library everything uses: it and its dependents rerun, nothing unrelated does.

@@ -92,6 +92,16 @@ fn builds_share_one_farm_by_remote_execution_and_by_remote_cache() {
     let shared = farm_build(client_home.path(), &p.dir, &["--remote", &farm.url]);
     assert_eq!(n(&shared, "cache_hits"), n(&shared, "actions"), "{shared}");
     assert!(run(&p.path("target/debug/app"), &[]).contains("app: built locally"));
+
+    // The farm can come from cargo-farm.toml instead of a flag.
+    std::fs::write(
+        p.path("cargo-farm.toml"),
+        format!("[farm]\nremote = \"{}\"\n", farm.url),
+    )
+    .unwrap();
+    let configured = farm_build(client_home.path(), &p.dir, &[]);
+    assert_eq!(configured["farm"], "remote", "{configured}");
+    assert_eq!(n(&configured, "cache_hits"), n(&configured, "actions"));
 }
 
 #[test]

@@ -39,6 +39,10 @@ pub struct PackageOverride {
 struct File {
     #[serde(default)]
     overrides: BTreeMap<String, PackageOverride>,
+    /// Where to build (`remote`, `remote-cache`, `instance`): read by the front end.
+    #[serde(default)]
+    #[allow(dead_code)]
+    farm: toml::Table,
 }
 
 /// All overrides, by package name.
