@@ -156,6 +156,11 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        // bwrap's outer process can exit before reaping the namespace's init, orphaning it as a
+        // zombie; where PID 1 is no init (a container entry point) nobody ever reaps it. As
+        // a subreaper we become its parent and reap it ourselves (see `reap_init`).
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER has no memory-safety preconditions.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
         if !config.exec_root.is_absolute() || config.exec_root == Path::new("/") {
             return Err(SandboxError::Invalid(format!(
                 "the sandbox exec root {} must be an absolute path below /",
@@ -384,6 +389,8 @@ impl Sandbox {
             waited = child.wait() => {
                 let status = waited?;
                 let text = finish_reader(status_reader).await;
+                let init = *pid_rx.borrow();
+                reap_init(init).await;
                 return Ok(classify(status, &text, &stderr_probe));
             }
             _ = deadline => Outcome::TimedOut,
@@ -413,7 +420,27 @@ impl Sandbox {
             }
         }
         let _ = finish_reader(status_reader).await;
+        let init = *pid_rx.borrow();
+        reap_init(init).await;
         Ok(killed)
+    }
+}
+
+/// Reaps the sandbox's namespace init once bwrap is gone: orphaned, it is our child (we are a
+/// subreaper), and only we can collect it. Only that pid is waited for, never "any child", so
+/// the runtime's own child handling is undisturbed.
+async fn reap_init(init: Option<i32>) {
+    let Some(pid) = init else { return };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(500) {
+        let mut status = 0;
+        // SAFETY: waitpid on a specific pid with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        // Reaped, or not (or no longer) our child: either way nothing is left to do.
+        if r == pid || r < 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -513,6 +540,15 @@ fn processes_of(uids: &std::ops::Range<u32>) -> Vec<i32> {
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            // A zombie runs nothing and cannot be killed; where PID 1 does not reap orphans
+            // (some containers), exited sandboxes stay listed as zombies.
+            let zombie = status
+                .lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            if zombie {
+                return None;
+            }
             let uid: u32 = status
                 .lines()
                 .find_map(|l| l.strip_prefix("Uid:"))?
