@@ -27,9 +27,17 @@ fn cpus() -> u32 {
 /// Runs a build or check; returns the process exit status.
 pub async fn build(args: BuildArgs, mode: BuildMode) -> Result<i32> {
     let request = args.request(mode);
-    let plan = tokio::task::spawn_blocking(move || resolver::resolve(&request))
+    let planning = request.clone();
+    let plan = match tokio::task::spawn_blocking(move || resolver::resolve(&planning))
         .await
-        .context("planning the build")??;
+        .context("planning the build")?
+    {
+        Ok(plan) => plan,
+        Err(e @ resolver::ResolveError::CannotModel { .. }) => {
+            return crate::fallback::build_with_cargo(&args, &request, &e).await
+        }
+        Err(e) => return Err(e.into()),
+    };
     let plan = Arc::new(plan);
     let home = farm_home(args.farm.farm_home.as_ref());
     std::fs::create_dir_all(&home)

@@ -16,6 +16,7 @@
 //! | [`artifacts`] | final artifacts into `target/` |
 //! | [`reporter`], [`diagnose`] | progress, diagnostics, summaries; explaining sandbox failures |
 //! | [`worker_dir`] | where local workers live (reachable by sandbox users) |
+//! | [`fallback`] | cargo itself (wrapper mode) for builds with a unit we cannot model |
 //! | [`wrapper`] | `RUSTC_WRAPPER` mode: recording cargo's own rustc invocations |
 //!
 //! Architecture invariant: the front end never computes a command line (the resolver does) and
@@ -30,6 +31,7 @@ pub mod command;
 pub mod diagnose;
 pub mod digest_cache;
 pub mod embedded;
+pub mod fallback;
 pub mod farm_config;
 pub mod inputs;
 pub mod reporter;

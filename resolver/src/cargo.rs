@@ -107,15 +107,20 @@ impl BuildRequest {
 
     /// The arguments of `cargo build|check --unit-graph`.
     pub fn unit_graph_args(&self) -> Vec<String> {
-        let mut args = vec![
-            match self.mode {
-                BuildMode::Build => "build".to_string(),
-                BuildMode::Check => "check".to_string(),
-            },
-            "--unit-graph".into(),
-            "-Z".into(),
-            "unstable-options".into(),
-        ];
+        let mut args = self.build_args();
+        args.splice(
+            1..1,
+            ["--unit-graph", "-Z", "unstable-options"].map(String::from),
+        );
+        args
+    }
+
+    /// The arguments of the plain `cargo build|check` this request stands for.
+    pub fn build_args(&self) -> Vec<String> {
+        let mut args = vec![match self.mode {
+            BuildMode::Build => "build".to_string(),
+            BuildMode::Check => "check".to_string(),
+        }];
         args.extend(self.common_args());
         for p in &self.packages {
             args.push("-p".into());

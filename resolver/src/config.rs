@@ -20,6 +20,8 @@ pub struct BuildConfig {
     build_rustflags: Vec<String>,
     target_rustflags: BTreeMap<String, Vec<String>>,
     linkers: BTreeMap<String, String>,
+    /// `(triple, links name)` of `[target.<triple>.<links>]` tables, which replace build scripts.
+    links_overrides: Vec<(String, String)>,
     /// Whether `--target` was given: then host units get no rustflags, as with cargo.
     explicit_target: bool,
     host: String,
@@ -99,6 +101,13 @@ impl BuildConfig {
                         .ok_or_else(|| bad(format!("target.{triple}.linker must be a string")))?;
                     self.linkers.insert(triple.clone(), l.to_string());
                 }
+                if let Some(table) = t.as_table() {
+                    for (key, value) in table {
+                        if value.is_table() {
+                            self.links_overrides.push((triple.clone(), key.clone()));
+                        }
+                    }
+                }
                 if let Some(flags) = t.get("rustflags") {
                     let flags = flag_list(flags)
                         .map_err(|m| bad(format!("target.{triple}.rustflags: {m}")))?;
@@ -122,6 +131,14 @@ impl BuildConfig {
             return flags.clone();
         }
         self.build_rustflags.clone()
+    }
+
+    /// Whether cargo config replaces the build script of packages with `links = links` on
+    /// `triple` (`[target.<triple>.<links>]`).
+    pub fn overrides_links(&self, triple: &str, links: &str) -> bool {
+        self.links_overrides
+            .iter()
+            .any(|(t, l)| t == triple && l == links)
     }
 
     /// The `-C linker=` value for `triple`, if configured.

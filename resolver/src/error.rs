@@ -27,6 +27,10 @@ pub enum ResolveError {
     /// Something in the workspace we cannot turn into a hermetic action.
     #[error("{0}")]
     Unsupported(String),
+    /// A unit cargo can build but cargo-farm cannot model as an action; the front end falls
+    /// back to cargo itself for such builds.
+    #[error("cannot model {unit}: {why}")]
+    CannotModel { unit: String, why: String },
     /// A build script printed a directive we cannot honour.
     #[error("build script of {package}: {message}")]
     BuildScript { package: String, message: String },

@@ -281,12 +281,45 @@ fn plan_unit(
         (_, true) => UnitKind::BuildScriptCompile,
         (Mode::Build | Mode::Check | Mode::Test, false) => UnitKind::Compile,
         (mode, _) => {
-            return Err(ResolveError::Unsupported(format!(
-                "{} wants a {mode:?} unit; cargo farm builds and checks but does not run rustdoc",
-                package.name
-            )))
+            return Err(ResolveError::CannotModel {
+                unit: format!("{} ({})", package.name, unit.target.name),
+                why: format!("it is a {mode:?} unit, and cargo farm does not run rustdoc"),
+            })
         }
     };
+    let cannot = |why: String| ResolveError::CannotModel {
+        unit: format!(
+            "{} v{} ({})",
+            package.name, package.version_text, unit.target.name
+        ),
+        why,
+    };
+    if let Some(backend) = &unit.profile.codegen_backend {
+        return Err(cannot(format!(
+            "its profile selects the codegen backend {backend:?}"
+        )));
+    }
+    if unit.dependencies.iter().any(|d| d.noprelude) {
+        return Err(cannot(
+            "it depends on a `noprelude` crate (-Z build-std)".into(),
+        ));
+    }
+    if !std::path::Path::new(&unit.target.src_path).starts_with(&package.manifest_dir) {
+        return Err(cannot(format!(
+            "its crate root {} is outside its package directory {}, whose files are all an \
+             action sees",
+            unit.target.src_path,
+            package.manifest_dir.display()
+        )));
+    }
+    if let Some(links) = &package.links {
+        let triple = unit.platform.as_deref().unwrap_or(&toolchain.host);
+        if config.overrides_links(triple, links) {
+            return Err(cannot(format!(
+                "cargo config overrides its build script (target.{triple}.{links})"
+            )));
+        }
+    }
     let (triple, explicit) = match &unit.platform {
         Some(t) => (t.clone(), explicit_target),
         None => (toolchain.host.clone(), false),
