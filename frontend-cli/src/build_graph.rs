@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::action_proto::{self, EncodedAction};
-use crate::client::FarmClient;
+use crate::client::{ActionLabel, FarmClient};
 use crate::diagnose;
 use crate::inputs::InputComposer;
 use crate::reporter::{Diagnostics, Outcome, Reporter};
@@ -203,7 +203,7 @@ impl Build {
                 ),
             ])
             .await?;
-        let (result, cached) = self.execute(&encoded).await?;
+        let (result, cached) = self.execute(i, &encoded).await?;
         if self.verbose {
             let cwd = if spec.working_directory.is_empty() {
                 String::new()
@@ -284,15 +284,23 @@ impl Build {
     }
 
     /// The action's result and whether it came from the cache.
-    async fn execute(&self, a: &EncodedAction) -> Result<(reapi::ActionResult, bool)> {
+    async fn execute(&self, i: usize, a: &EncodedAction) -> Result<(reapi::ActionResult, bool)> {
+        let target = self.plan.describe(i);
+        let label = ActionLabel {
+            target: &target,
+            mnemonic: match self.plan.unit(i).kind {
+                UnitKind::BuildScriptRun => "CargoBuildScriptRun",
+                _ => "Rustc",
+            },
+        };
         match &self.execution {
             Execution::Farm => {
-                let response = self.client.execute(&a.action_digest).await?;
+                let response = self.client.execute(&a.action_digest, label).await?;
                 let result = check_response(&response)?;
                 Ok((result, response.cached_result))
             }
             Execution::Local(executor) => {
-                if let Some(hit) = self.client.cached_result(&a.action_digest).await? {
+                if let Some(hit) = self.client.cached_result(&a.action_digest, label).await? {
                     return Ok((hit, true));
                 }
                 let job = worker::Job {
@@ -307,7 +315,9 @@ impl Build {
                     .await;
                 let result = check_response(&response)?;
                 if result.exit_code == 0 {
-                    self.client.store_result(&a.action_digest, &result).await?;
+                    self.client
+                        .store_result(&a.action_digest, &result, label)
+                        .await?;
                 }
                 Ok((result, false))
             }

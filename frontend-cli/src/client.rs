@@ -8,6 +8,7 @@ use bytes::Bytes;
 use cas::store::grpc::{GrpcStore, GrpcStoreOptions};
 use cas::store::BlobStore as _;
 use cas::Digest;
+use prost::Message as _;
 use reapi::action_cache_client::ActionCacheClient;
 use reapi::execution_client::ExecutionClient;
 use tonic::transport::Channel;
@@ -19,6 +20,17 @@ pub struct FarmClient {
     pub store: GrpcStore,
     instance: String,
     channel: Channel,
+    /// This build's id in every request's `RequestMetadata`.
+    pub invocation_id: String,
+}
+
+/// What a request is about, for its `RequestMetadata` (the farm logs these ids).
+#[derive(Clone, Copy, Debug)]
+pub struct ActionLabel<'a> {
+    /// e.g. `serde v1.0.228 (lib)`.
+    pub target: &'a str,
+    /// `Rustc` or `CargoBuildScriptRun`.
+    pub mnemonic: &'a str,
 }
 
 impl FarmClient {
@@ -37,7 +49,30 @@ impl FarmClient {
             store,
             instance: instance.to_string(),
             channel,
+            invocation_id: uuid::Uuid::new_v4().to_string(),
         })
+    }
+
+    /// `message` as a request carrying REAPI `RequestMetadata` for `action`.
+    fn request<T>(&self, message: T, action: &Digest, label: ActionLabel<'_>) -> tonic::Request<T> {
+        let meta = reapi::RequestMetadata {
+            tool_details: Some(reapi::ToolDetails {
+                tool_name: "cargo-farm".into(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            action_id: action.hash_hex(),
+            tool_invocation_id: self.invocation_id.clone(),
+            correlated_invocations_id: String::new(),
+            action_mnemonic: label.mnemonic.into(),
+            target_id: label.target.into(),
+            configuration_id: String::new(),
+        };
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert_bin(
+            scheduler::request_metadata::HEADER,
+            tonic::metadata::MetadataValue::from_bytes(&meta.encode_to_vec()),
+        );
+        request
     }
 
     fn action_cache(&self) -> ActionCacheClient<Channel> {
@@ -47,7 +82,11 @@ impl FarmClient {
 
     /// The cached result of `action`, or `None` (NOT_FOUND, which includes results whose
     /// outputs the farm no longer has).
-    pub async fn cached_result(&self, action: &Digest) -> Result<Option<reapi::ActionResult>> {
+    pub async fn cached_result(
+        &self,
+        action: &Digest,
+        label: ActionLabel<'_>,
+    ) -> Result<Option<reapi::ActionResult>> {
         let request = reapi::GetActionResultRequest {
             instance_name: self.instance.clone(),
             action_digest: Some(action.to_proto()),
@@ -55,6 +94,7 @@ impl FarmClient {
             inline_stderr: true,
             ..Default::default()
         };
+        let request = self.request(request, action, label);
         match self.action_cache().get_action_result(request).await {
             Ok(r) => Ok(Some(r.into_inner())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
@@ -67,13 +107,19 @@ impl FarmClient {
     }
 
     /// Records `result` for `action` in the farm's action cache.
-    pub async fn store_result(&self, action: &Digest, result: &reapi::ActionResult) -> Result<()> {
+    pub async fn store_result(
+        &self,
+        action: &Digest,
+        result: &reapi::ActionResult,
+        label: ActionLabel<'_>,
+    ) -> Result<()> {
         let request = reapi::UpdateActionResultRequest {
             instance_name: self.instance.clone(),
             action_digest: Some(action.to_proto()),
             action_result: Some(result.clone()),
             ..Default::default()
         };
+        let request = self.request(request, action, label);
         self.action_cache()
             .update_action_result(request)
             .await
@@ -89,7 +135,11 @@ impl FarmClient {
 
     /// Executes `action` (its Action, Command and inputs already uploaded) and waits for the
     /// final response.
-    pub async fn execute(&self, action: &Digest) -> Result<reapi::ExecuteResponse> {
+    pub async fn execute(
+        &self,
+        action: &Digest,
+        label: ActionLabel<'_>,
+    ) -> Result<reapi::ExecuteResponse> {
         let mut client = ExecutionClient::new(self.channel.clone())
             .max_decoding_message_size(cas::store::grpc::MAX_MESSAGE_BYTES);
         let request = reapi::ExecuteRequest {
@@ -98,6 +148,7 @@ impl FarmClient {
             skip_cache_lookup: false,
             ..Default::default()
         };
+        let request = self.request(request, action, label);
         let mut stream = client
             .execute(request)
             .await

@@ -112,6 +112,7 @@ pub async fn build(args: BuildArgs, mode: BuildMode) -> Result<i32> {
         &plan,
         json!({
             "farm": where_,
+            "invocation_id": client.invocation_id,
             "uploaded_bytes": uploader.uploaded_bytes(),
             "artifacts_written": placed,
         }),

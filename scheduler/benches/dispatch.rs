@@ -203,6 +203,7 @@ async fn core_bench(o: &Options) {
                         platform: action_platform(i),
                         priority: (i % 3) as i32,
                         do_not_cache: false,
+                        request_metadata: Default::default(),
                         timeout: Duration::from_secs(60),
                     })
                     .await

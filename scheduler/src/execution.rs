@@ -12,16 +12,20 @@ use std::pin::Pin;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::longrunning::Operation;
+use bytes::Bytes;
 use cas::service::Storage;
 use cas::Digest;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
+use prost::Message as _;
 use reapi::execution_server::{Execution, ExecutionServer};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::action_cache::ResultCache;
 use crate::inputs;
 use crate::metrics::observe;
 use crate::operations;
+use crate::request_metadata;
 use crate::scheduling::{NewOperation, Scheduler, Subscription};
 
 /// A stream of operation updates, ending with the finished operation.
@@ -80,6 +84,29 @@ pub fn operation_stream(sub: Subscription) -> OperationStream {
     ))
 }
 
+/// `stream`, logging the operation's outcome in `span` when its last update passes.
+fn logged(stream: OperationStream, span: tracing::Span) -> OperationStream {
+    Box::pin(stream.inspect(move |item| {
+        let Ok(op) = item else { return };
+        if !op.done {
+            return;
+        }
+        let response = operations::execute_response(op);
+        let code = response
+            .as_ref()
+            .and_then(|r| r.status.as_ref())
+            .map_or(0, |s| s.code);
+        let exit_code = response
+            .as_ref()
+            .and_then(|r| r.result.as_ref())
+            .map(|r| r.exit_code);
+        let cached = response.as_ref().is_some_and(|r| r.cached_result);
+        span.in_scope(
+            || tracing::info!(operation = %op.name, code, ?exit_code, cached, "operation finished"),
+        );
+    }))
+}
+
 impl ExecutionService {
     /// A service queueing on `scheduler`, loading Actions from `storage`'s CAS and looking
     /// results up in `results`.
@@ -97,7 +124,11 @@ impl ExecutionService {
     }
 
     /// Everything Execute does before streaming: the operation to stream.
-    async fn start(&self, req: reapi::ExecuteRequest) -> Result<Subscription, Status> {
+    async fn start(
+        &self,
+        req: reapi::ExecuteRequest,
+        request_metadata: Bytes,
+    ) -> Result<Subscription, Status> {
         check_digest_function(req.digest_function)?;
         let digest = Digest::from_proto(req.action_digest.as_ref())
             .map_err(|e| Status::invalid_argument(format!("action_digest: {e}")))?;
@@ -126,6 +157,7 @@ impl ExecutionService {
             priority: req.execution_policy.map_or(0, |p| p.priority),
             do_not_cache: loaded.action.do_not_cache,
             timeout,
+            request_metadata,
         };
         Ok(self.scheduler.submit(new).await?)
     }
@@ -139,8 +171,31 @@ impl Execution for ExecutionService {
         &self,
         request: Request<reapi::ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let sub = observe("Execution.Execute", self.start(request.into_inner())).await?;
-        Ok(Response::new(operation_stream(sub)))
+        let meta = request_metadata::from_headers(request.metadata());
+        let req = request.into_inner();
+        let action = req
+            .action_digest
+            .as_ref()
+            .map(|d| format!("{}/{}", d.hash, d.size_bytes))
+            .unwrap_or_default();
+        let span = request_metadata::span("Execute", meta.as_ref(), &action);
+        let encoded = meta
+            .map(|m| Bytes::from(m.encode_to_vec()))
+            .unwrap_or_default();
+        let started = observe("Execution.Execute", self.start(req, encoded))
+            .instrument(span.clone())
+            .await;
+        let sub = match started {
+            Ok(sub) => sub,
+            Err(status) => {
+                span.in_scope(|| tracing::info!(code = ?status.code(), message = status.message(), "Execute refused"));
+                return Err(status);
+            }
+        };
+        span.in_scope(
+            || tracing::info!(operation = %sub.name, merged = sub.merged, "Execute accepted"),
+        );
+        Ok(Response::new(logged(operation_stream(sub), span)))
     }
 
     type WaitExecutionStream = OperationStream;

@@ -16,6 +16,7 @@
 //! | [`workers`] | the `WorkerSessions` service: one long-lived stream per worker |
 //! | [`service`] | google.longrunning Operations, and all services on one port |
 //! | [`metrics`] | `farm_scheduler_*` metrics in the process-wide registry |
+//! | [`request_metadata`] | REAPI `RequestMetadata`: log spans, passed on to workers |
 //!
 //! # Platform matching rules
 //!
@@ -55,6 +56,7 @@ pub mod metrics;
 pub mod operations;
 pub mod platform;
 pub mod queue;
+pub mod request_metadata;
 pub mod scheduling;
 pub mod service;
 pub mod state;

@@ -431,6 +431,7 @@ impl LocalCache {
         };
         self.remote_fetches
             .fetch_add(answers.len() as u64, Ordering::Relaxed);
+        crate::metrics::CACHE_FETCHES.inc_by(answers.len() as u64);
         let by_digest: HashMap<Digest, Result<Bytes, StoreError>> = answers.into_iter().collect();
         let mut writes = Vec::new();
         for k in keys {
@@ -486,6 +487,7 @@ impl LocalCache {
     /// Streams one blob to a temp file while hashing it, then renames it into place.
     async fn fetch_large(&self, store: &GrpcStore, key: &Key) -> FetchResult {
         self.remote_fetches.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::CACHE_FETCHES.inc();
         let mut stream = store
             .get(&key.digest, ByteRange::ALL)
             .await
@@ -545,6 +547,7 @@ impl LocalCache {
             if index.lru.put(key, key.digest.size()).is_none() {
                 index.used += key.digest.size();
             }
+            crate::metrics::CACHE_BYTES.set(index.used as i64);
         }
         self.evict();
     }
@@ -561,7 +564,9 @@ impl LocalCache {
                 index.used -= size;
                 victims.push(k);
             }
+            crate::metrics::CACHE_BYTES.set(index.used as i64);
         }
+        crate::metrics::CACHE_EVICTIONS.inc_by(victims.len() as u64);
         for k in victims {
             let _ = std::fs::remove_file(self.path(&k));
         }

@@ -285,19 +285,23 @@ impl Executor {
             worker_start_timestamp: Some(now()),
             ..Default::default()
         };
+        crate::metrics::RUNNING.inc();
         let (result, status) = self.run_job(job, cancel, progress, &mut meta).await;
+        crate::metrics::RUNNING.dec();
         meta.worker_completed_timestamp = Some(now());
         let result = result.map(|mut r| {
             r.execution_metadata = Some(meta);
             r
         });
-        ExecuteResponse {
+        let response = ExecuteResponse {
             result,
             cached_result: false,
             status: Some(rpc_status(status)),
             server_logs: Default::default(),
             message: String::new(),
-        }
+        };
+        crate::metrics::record(&response);
+        response
     }
 
     async fn run_job(

@@ -11,12 +11,14 @@
 //! - [`outputs`]: collecting REAPI 2.0–2.3 outputs and uploading their blobs.
 //! - [`executor`]: one action from lease to `ExecuteResponse`, with timestamps.
 //! - [`session`]: the worker-protocol client loop (hello, keep-alives, leases, reconnects).
+//! - [`metrics`]: `farm_worker_*` Prometheus metrics.
 //!
 //! Architecture invariant: the worker runs what an Action says and nothing else; it knows
 //! nothing about Cargo.
 
 pub mod cache;
 pub mod executor;
+pub mod metrics;
 pub mod outputs;
 pub mod paths;
 pub mod platform;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! farm-worker --scheduler URL [--cas URL] --work-dir DIR [--platform KEY=VALUE]... [--slots N]
+//!             [--metrics-listen ADDR]
 //! ```
 //!
 //! The CAS defaults to the scheduler's URL (the scheduler port serves the CAS too). Log level
@@ -77,6 +78,10 @@ struct Args {
     /// The worker id (default: hostname-pid-starttime).
     #[arg(long)]
     worker_id: Option<String>,
+    /// Serve Prometheus /metrics, /healthz and /readyz (ready once the sandbox self-test
+    /// passed) on this address.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -114,6 +119,14 @@ async fn main() -> anyhow::Result<()> {
     config.worker_name = worker_id.clone();
     let slots = config.slots;
 
+    let readiness = cas::status_http::Readiness::default();
+    if let Some(addr) = args.metrics_listen {
+        worker::metrics::init();
+        let bound = cas::status_http::serve(addr, readiness.clone())
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    }
     let executor = Executor::new(config, store)
         .await
         .with_context(|| format!("preparing the work directory {}", args.work_dir.display()))?;
@@ -121,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         .self_test()
         .await
         .context("sandbox self-test (is bubblewrap installed and are user namespaces enabled?)")?;
+    readiness.set_ready(true);
     let platform = platform::properties(&args.platform);
     tracing::info!(%worker_id, slots, ?platform, scheduler = %args.scheduler, cas = %cas_url, "farm-worker starting");
 

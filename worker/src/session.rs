@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tracing::Instrument as _;
 
 use crate::executor::{rpc_status, Executor, Job, Stage};
 
@@ -298,6 +299,21 @@ async fn run_lease(
     cancel: CancellationToken,
     outbox: mpsc::UnboundedSender<WorkerMessage>,
 ) -> ExecuteResponse {
+    // The client's ids, so this action's log lines can be found from its build.
+    let meta = scheduler::request_metadata::decode(&lease.request_metadata);
+    let action = format!("{}/{}", lease.action_hash, lease.action_size);
+    let span = scheduler::request_metadata::span("Lease", meta.as_ref(), &action);
+    run_lease_in_span(executor, lease, cancel, outbox)
+        .instrument(span)
+        .await
+}
+
+async fn run_lease_in_span(
+    executor: Arc<Executor>,
+    lease: Lease,
+    cancel: CancellationToken,
+    outbox: mpsc::UnboundedSender<WorkerMessage>,
+) -> ExecuteResponse {
     let job = match Job::decode(
         &lease.instance_name,
         &lease.action_hash,
@@ -313,7 +329,7 @@ async fn run_lease(
         }
     };
     let id = lease.lease_id;
-    tracing::debug!(lease = %id, action = %job.action_digest, "lease started");
+    tracing::info!(lease = %id, "lease started");
     let progress = |stage: Stage| {
         let stage = match stage {
             Stage::FetchingInputs => scheduler::protocol::Stage::FetchingInputs,
@@ -326,7 +342,7 @@ async fn run_lease(
         })));
     };
     let response = executor.execute(&job, &cancel, &progress).await;
-    tracing::debug!(
+    tracing::info!(
         lease = %id,
         code = response.status.as_ref().map_or(0, |s| s.code),
         exit_code = response.result.as_ref().map_or(0, |r| r.exit_code),

@@ -117,6 +117,7 @@ fn lease(id: &str, command: &reapi::Command) -> Lease {
         action: action_bytes,
         command: command_bytes,
         timeout_ms: 0,
+        request_metadata: Vec::new(),
     }
 }
 

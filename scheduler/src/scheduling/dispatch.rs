@@ -146,6 +146,7 @@ impl Core {
                 action: payload.action.to_vec(),
                 command: payload.command.to_vec(),
                 timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                request_metadata: payload.request_metadata.to_vec(),
             };
             let msg = protocol::SchedulerMessage {
                 kind: Some(scheduler_message::Kind::Lease(lease)),

@@ -270,7 +270,15 @@ async fn load_payload(
     let decoded_command =
         reapi::Command::decode(&command[..]).map_err(|e| format!("the Command is corrupt: {e}"))?;
     let platform = Platform::of_action(&decoded, &decoded_command);
-    Ok((Payload { action, command }, platform))
+    // The client's request metadata is not persisted: a resumed operation carries none.
+    Ok((
+        Payload {
+            action,
+            command,
+            request_metadata: Bytes::new(),
+        },
+        platform,
+    ))
 }
 
 async fn read(cas: &dyn BlobStore, digest: &Digest, what: &str) -> Result<Bytes, String> {

@@ -59,6 +59,8 @@ pub struct NewOperation {
     pub do_not_cache: bool,
     /// Effective timeout (already capped).
     pub timeout: Duration,
+    /// The client's encoded `RequestMetadata` (empty if none), passed on with the lease.
+    pub request_metadata: Bytes,
 }
 
 /// A view of one operation's progress: its name, action, and a receiver of its status that
@@ -88,6 +90,8 @@ pub struct Stats {
 struct Payload {
     action: Bytes,
     command: Bytes,
+    /// Encoded `RequestMetadata` of the Execute that created the operation (not persisted).
+    request_metadata: Bytes,
 }
 
 /// The lease of an executing operation.
@@ -328,6 +332,7 @@ impl Core {
             payload: Some(Payload {
                 action: new.action,
                 command: new.command,
+                request_metadata: new.request_metadata,
             }),
             state: OpState::Queued,
             attempts: 0,
