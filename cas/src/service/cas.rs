@@ -33,7 +33,9 @@ use crate::store::{BlobStore, ByteRange};
 
 mod get_tree;
 
-pub use get_tree::{DEFAULT_TREE_PAGE_SIZE, MAX_TREE_PAGE_SIZE};
+pub use get_tree::{
+    TreeWalks, DEFAULT_TREE_PAGE_SIZE, KEEP_WALKS_FOR, MAX_KEPT_DIRECTORIES, MAX_TREE_PAGE_SIZE,
+};
 
 /// Room for protobuf framing on top of a batch's blob bytes in one gRPC message.
 pub const MESSAGE_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -292,11 +294,16 @@ async fn read_one(cas: Arc<dyn BlobStore>, proto: reapi::Digest, zstd_ok: bool) 
 #[derive(Clone, Debug)]
 pub struct CasService {
     storage: Storage,
+    /// GetTree walks kept so that a page token resumes where its page stopped.
+    walks: Arc<TreeWalks>,
 }
 
 impl CasService {
     pub fn new(storage: Storage) -> Self {
-        CasService { storage }
+        CasService {
+            storage,
+            walks: Arc::new(TreeWalks::default()),
+        }
     }
 
     async fn find_missing_blobs(
@@ -430,6 +437,7 @@ impl ContentAddressableStorage for CasService {
             "ContentAddressableStorage.GetTree",
             get_tree::get_tree(
                 self.storage.cas.clone(),
+                self.walks.clone(),
                 request.into_inner(),
                 max_directory_bytes,
             ),
