@@ -113,6 +113,158 @@ impl StoreConfig {
     }
 }
 
+/// Why a configuration cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Two filesystem stores would use the same directory, or one inside the other: each would
+    /// index, evict and (after a crash) delete the other's files as its own.
+    #[error("{0}")]
+    SharedRoot(Box<SharedRoot>),
+    #[error("cannot resolve the filesystem store root {}: {source}", root.display())]
+    Resolve {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Two filesystem stores of a configuration whose roots overlap.
+#[derive(Debug)]
+pub struct SharedRoot {
+    /// Where the first store sits, e.g. "the cas stack's store `cas.fast`".
+    pub first: String,
+    /// Its root as configured, and resolved.
+    pub first_root: PathBuf,
+    pub first_canonical: PathBuf,
+    pub second: String,
+    pub second_root: PathBuf,
+    pub second_canonical: PathBuf,
+}
+
+impl std::fmt::Display for SharedRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "two filesystem stores share a directory: {} has root {} and {} has root {}{}; give \
+             every filesystem store a root of its own, outside the others' (e.g. \
+             /var/cache/farm/cas and /var/cache/farm/ac)",
+            self.first,
+            self.first_root.display(),
+            self.second,
+            self.second_root.display(),
+            overlap_note(&self.first_canonical, &self.second_canonical)
+        )
+    }
+}
+
+/// Says how two overlapping canonical roots relate, when that is not plain from the roots as
+/// written.
+fn overlap_note(a: &Path, b: &Path) -> String {
+    let how = if a == b {
+        format!("both are {}", a.display())
+    } else if b.starts_with(a) {
+        format!("{} is inside {}", b.display(), a.display())
+    } else {
+        format!("{} is inside {}", a.display(), b.display())
+    };
+    format!(" ({how})")
+}
+
+impl StoreConfig {
+    /// Every filesystem store of this stack with its place in the configuration, written as
+    /// the TOML path to its table (`cas`, `cas.fast`, `cas.large.slow`, ...).
+    pub fn filesystem_roots(&self, path: &str) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        self.collect_roots(path, &mut out);
+        out
+    }
+
+    fn collect_roots(&self, path: &str, out: &mut Vec<(String, PathBuf)>) {
+        match self {
+            StoreConfig::Filesystem { root, .. } => out.push((path.to_string(), root.clone())),
+            StoreConfig::Tiered { fast, slow } => {
+                fast.collect_roots(&format!("{path}.fast"), out);
+                slow.collect_roots(&format!("{path}.slow"), out);
+            }
+            StoreConfig::SizePartitioned { small, large, .. } => {
+                small.collect_roots(&format!("{path}.small"), out);
+                large.collect_roots(&format!("{path}.large"), out);
+            }
+            StoreConfig::Verifying { inner } => inner.collect_roots(&format!("{path}.inner"), out),
+            StoreConfig::Memory { .. } | StoreConfig::Redis { .. } | StoreConfig::S3 { .. } => {}
+        }
+    }
+}
+
+/// Refuses stacks in which two filesystem stores (of one stack or of different ones) would
+/// share a directory: the same root, or one root inside another, compared after resolving
+/// symlinks, `.` and `..` (roots that do not exist yet are resolved through their nearest
+/// existing ancestor). `stacks` names each stack as its TOML table (`cas`, `action_cache`).
+/// Reads the filesystem but creates nothing. Blocking.
+pub fn check_distinct_roots(stacks: &[(&str, &StoreConfig)]) -> Result<(), ConfigError> {
+    let mut roots = Vec::new();
+    for (name, config) in stacks {
+        for (path, root) in config.filesystem_roots(name) {
+            let canonical = resolve(&root).map_err(|source| ConfigError::Resolve {
+                root: root.clone(),
+                source,
+            })?;
+            let stack = path.split('.').next().unwrap_or(&path).to_string();
+            roots.push((
+                format!("the {stack} stack's store `{path}`"),
+                root,
+                canonical,
+            ));
+        }
+    }
+    for (i, (first, first_root, a)) in roots.iter().enumerate() {
+        for (second, second_root, b) in &roots[i + 1..] {
+            if a.starts_with(b) || b.starts_with(a) {
+                return Err(ConfigError::SharedRoot(Box::new(SharedRoot {
+                    first: first.clone(),
+                    first_root: first_root.clone(),
+                    first_canonical: a.clone(),
+                    second: second.clone(),
+                    second_root: second_root.clone(),
+                    second_canonical: b.clone(),
+                })));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute with symlinks, `.` and `..` resolved, even if it does not exist (yet):
+/// its nearest existing ancestor is canonicalized and the rest is appended, `..` and `.`
+/// applied lexically.
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)?;
+    let parts: Vec<Component> = absolute.components().collect();
+    for existing in (1..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..existing].iter().collect();
+        let mut base = match prefix.canonicalize() {
+            Ok(base) => base,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for part in &parts[existing..] {
+            match part {
+                Component::ParentDir => {
+                    base.pop();
+                }
+                Component::Normal(name) => base.push(name),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+        return Ok(base);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "no part of the path exists",
+    ))
+}
+
 /// What a stack stores, which decides defaults that depend on whether keys are content digests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -265,6 +417,62 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("redis://farm:***@127.0.0.1:6379"), "{shown}");
+    }
+
+    fn fs(root: &Path) -> StoreConfig {
+        StoreConfig::Filesystem {
+            root: root.to_path_buf(),
+            max_bytes: ByteSize::mib(1),
+            verify_on_recovery: None,
+        }
+    }
+
+    #[test]
+    fn filesystem_roots_must_not_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let check = |cas: StoreConfig, ac: StoreConfig| {
+            check_distinct_roots(&[("cas", &cas), ("action_cache", &ac)])
+        };
+        // Fine: siblings, even when one name is a prefix of the other's.
+        check(fs(&d.join("cas")), fs(&d.join("cas2"))).unwrap();
+        check(
+            fs(&d.join("cas")),
+            StoreConfig::Memory {
+                max_bytes: ByteSize::mib(1),
+            },
+        )
+        .unwrap();
+        for (cas, ac, shown) in [
+            (d.join("x"), d.join("x"), "both are"),
+            (d.join("x"), d.join("x/ac"), "is inside"),
+            (d.join("x/new/.."), d.join("x"), "both are"),
+            (d.join("link/cas"), d.join("real"), "is inside"),
+        ] {
+            let e = check(fs(&cas), fs(&ac)).unwrap_err().to_string();
+            assert!(
+                e.contains("the cas stack's store `cas`")
+                    && e.contains("the action_cache stack's store `action_cache`")
+                    && e.contains(&cas.display().to_string())
+                    && e.contains(&ac.display().to_string())
+                    && e.contains(shown),
+                "{e}"
+            );
+        }
+        let tiered = StoreConfig::Tiered {
+            fast: Box::new(fs(&d.join("t"))),
+            slow: Box::new(StoreConfig::Verifying {
+                inner: Box::new(fs(&d.join("t/slow"))),
+            }),
+        };
+        let e = check(tiered, fs(&d.join("ac"))).unwrap_err().to_string();
+        assert!(
+            e.contains("`cas.fast`") && e.contains("`cas.slow.inner`"),
+            "{e}"
+        );
+        assert!(!d.join("x").exists(), "checking creates nothing");
     }
 
     #[test]

@@ -336,3 +336,89 @@ fn bad_invocations_name_the_problem() {
     let err = run(&["--root", dir.path().to_str().unwrap()]);
     assert!(err.contains("--listen"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_files_whose_filesystem_stores_share_a_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+    let fs = |root: &str| {
+        format!("{{ kind = \"filesystem\", root = \"{root}\", max_bytes = \"64 MiB\" }}")
+    };
+    let config = |cas: String, ac: String| format!("cas = {cas}\naction_cache = {ac}\n");
+    let refused = [
+        // One root for the CAS and the action cache.
+        (
+            config(fs(&format!("{d}/x")), fs(&format!("{d}/x"))),
+            ["`cas`", "`action_cache`"],
+        ),
+        // The action cache inside the CAS's directory.
+        (
+            config(fs(&format!("{d}/x")), fs(&format!("{d}/x/ac"))),
+            ["`cas`", "`action_cache`"],
+        ),
+        // The same directory spelled through a symlink and through `..`.
+        (
+            config(
+                fs(&format!("{d}/link/cas")),
+                fs(&format!("{d}/real/new/../cas")),
+            ),
+            ["`cas`", "`action_cache`"],
+        ),
+        // Two tiers of one stack in one directory.
+        (
+            config(
+                format!(
+                    "{{ kind = \"tiered\", fast = {}, slow = {} }}",
+                    fs(&format!("{d}/t")),
+                    fs(&format!("{d}/t"))
+                ),
+                "{ kind = \"memory\", max_bytes = \"1 MiB\" }".into(),
+            ),
+            ["`cas.fast`", "`cas.slow`"],
+        ),
+    ];
+    for (i, (text, names)) in refused.iter().enumerate() {
+        let cfg = dir.path().join(format!("shared-{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_farm-cas"))
+            .args(["--listen", "127.0.0.1:0", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text} must be refused");
+        assert!(err.contains("share a directory"), "{err}");
+        for name in names {
+            assert!(err.contains(name), "{name} not named: {err}");
+        }
+        // Both roots, as written in the file.
+        let roots: Vec<&str> = text
+            .split("root = \"")
+            .skip(1)
+            .map(|r| &r[..r.find('"').unwrap()])
+            .collect();
+        for root in roots {
+            assert!(err.contains(root), "{root} not named: {err}");
+        }
+    }
+    assert!(
+        !dir.path().join("x").exists(),
+        "a refused config creates nothing"
+    );
+    assert!(
+        !dir.path().join("t").exists(),
+        "a refused config creates nothing"
+    );
+
+    // Sibling roots (one name a prefix of the other's) are fine.
+    let cfg = dir.path().join("fine.toml");
+    std::fs::write(
+        &cfg,
+        config(fs(&format!("{d}/cas")), fs(&format!("{d}/cas-ac"))),
+    )
+    .unwrap();
+    let server = start(&["--config", cfg.to_str().unwrap()]);
+    let blob = write_blob(&server.grpc, b"stored next to its action cache").await;
+    assert!(missing(&server.grpc, &[blob]).await.is_empty());
+}

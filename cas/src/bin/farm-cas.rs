@@ -81,6 +81,10 @@ async fn main() -> Result<()> {
         .or(file.listen)
         .context("no address to serve on: give --listen ADDR (or `listen` in --config)")?;
 
+    // Two filesystem stores in one directory would index, evict and recover each other's
+    // files: refuse before opening (and creating) anything.
+    config::check_distinct_roots(&[("cas", &file.cas), ("action_cache", &file.action_cache)])
+        .context("refusing the store configuration")?;
     let spool_dir = match (&file.spool_dir, file.cas.first_filesystem_root()) {
         (Some(dir), _) => dir.clone(),
         (None, Some(root)) => root.join("tmp"),
