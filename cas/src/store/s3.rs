@@ -239,6 +239,7 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         map_sdk_error(
+            op,
             format!("S3 {op} of blob {digest} in {}", self.location),
             Some(digest),
             e,
@@ -247,15 +248,96 @@ impl S3Store {
 
     /// The length of the object, or `NotFound`.
     async fn head_len(&self, digest: &Digest) -> Result<u64, StoreError> {
-        let out = self
+        let result = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(self.key(digest))
             .send()
-            .await
-            .map_err(|e| self.map_err("HeadObject", digest, e))?;
-        Ok(out.content_length().unwrap_or(0).max(0) as u64)
+            .await;
+        match result {
+            Ok(out) => Ok(out.content_length().unwrap_or(0).max(0) as u64),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 403 => {
+                self.diagnose_head_403(digest).await
+            }
+            Err(e) => Err(self.map_err("HeadObject", digest, e)),
+        }
+    }
+
+    /// A HeadObject answer has no body, so its 403 does not say why. S3 answers 403 instead of
+    /// 404 for a key that does not exist when the credentials lack `s3:ListBucket`, and also
+    /// when it refuses the credentials themselves; a one-byte GetObject of the same key gets an
+    /// error body that tells the two apart.
+    async fn diagnose_head_403(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let ctx = format!(
+            "S3 HeadObject of blob {digest} in {} failed: HTTP 403 (HEAD answers have no \
+             reason)",
+            self.location
+        );
+        let probe = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(digest))
+            .range("bytes=0-0")
+            .send();
+        let (status, code) = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            // Readable after all (the HEAD was refused on its own): the length is in
+            // `Content-Range: bytes 0-0/LEN`.
+            Ok(Ok(out)) => {
+                let total = out
+                    .content_range()
+                    .and_then(|r| r.rsplit('/').next())
+                    .and_then(|n| n.parse().ok());
+                return Ok(total.unwrap_or(out.content_length().unwrap_or(0).max(0) as u64));
+            }
+            Ok(Err(SdkError::ServiceError(e))) => (
+                e.raw().status().as_u16(),
+                e.err().code().unwrap_or("").to_string(),
+            ),
+            Ok(Err(e)) => {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "{ctx}; a GetObject probe of the key failed too ({}). {}",
+                    DisplayErrorContext(&e),
+                    self.list_bucket_hint()
+                )))
+            }
+            Err(_) => {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "{ctx}; a GetObject probe of the key did not answer. {}",
+                    self.list_bucket_hint()
+                )))
+            }
+        };
+        let probed = format!("{ctx}; a GetObject probe of the key answered HTTP {status} {code}");
+        match (status, code.as_str()) {
+            (404, _) | (_, "NoSuchKey") => Err(StoreError::NotFound(*digest)),
+            // A one-byte range of an empty object.
+            (416, _) | (_, "InvalidRange") => Ok(0),
+            (_, "AccessDenied") | (403, "") => Err(StoreError::FailedPrecondition(format!(
+                "{probed}: {}",
+                self.list_bucket_hint()
+            ))),
+            (status, code) if refuses_credentials(status, code) => Err(StoreError::Unavailable(
+                format!("{probed} -- {CREDENTIALS_HINT}"),
+            )),
+            _ => Err(classify_service_error(
+                "GetObject",
+                status,
+                &code,
+                Some(digest),
+                probed,
+            )),
+        }
+    }
+
+    /// What a 403 AccessDenied on a lookup means and how to fix it, for this bucket.
+    fn list_bucket_hint(&self) -> String {
+        format!(
+            "{LIST_BUCKET_HINT}: allow s3:ListBucket on arn:aws:s3:::{bucket} besides \
+             s3:GetObject and s3:PutObject on arn:aws:s3:::{bucket}/*",
+            bucket = self.bucket
+        )
     }
 
     /// Whether the object exists.
@@ -431,6 +513,17 @@ fn slice_stream(stream: ChunkStream, skip: u64, take: u64) -> ChunkStream {
 const CREDENTIALS_HINT: &str = "S3 refused the request's credentials or permissions: check the \
                                 access key id, the secret key and the bucket policy";
 
+/// Starts the message of errors S3 answered with 403 AccessDenied on a lookup.
+const LIST_BUCKET_HINT: &str = "the credentials were accepted but refused access to the blob. \
+                                S3 answers 403 instead of 404 for a key that does not exist \
+                                when the credentials lack the s3:ListBucket permission on the \
+                                bucket, so every missing blob looks like a refusal";
+
+/// Appended to errors S3 answered with 403 AccessDenied on a write.
+const PUT_OBJECT_HINT: &str = "the credentials were accepted but may not write: allow \
+                               s3:PutObject (and s3:AbortMultipartUpload) on the bucket's \
+                               objects";
+
 /// Whether S3's answer means the request's signature, key or permissions were refused.
 fn refuses_credentials(status: u16, code: &str) -> bool {
     matches!(status, 401 | 403)
@@ -446,14 +539,24 @@ fn refuses_credentials(status: u16, code: &str) -> bool {
         )
 }
 
-/// Maps S3's answer to a request it refused.
+/// Maps S3's answer to a request (`op`, e.g. "GetObject") it refused.
 fn classify_service_error(
+    op: &str,
     status: u16,
     code: &str,
     digest: Option<&Digest>,
     msg: String,
 ) -> StoreError {
     match (status, code) {
+        // The credentials are fine but a permission is missing: a configuration problem that
+        // retrying does not fix.
+        (_, "AccessDenied") => match op {
+            "HeadObject" | "GetObject" => StoreError::FailedPrecondition(format!(
+                "{msg} -- {LIST_BUCKET_HINT}: allow s3:ListBucket on the bucket besides \
+                 s3:GetObject and s3:PutObject on its objects"
+            )),
+            _ => StoreError::FailedPrecondition(format!("{msg} -- {PUT_OBJECT_HINT}")),
+        },
         (_, "NoSuchBucket") => StoreError::FailedPrecondition(msg),
         (_, "NoSuchKey" | "NotFound") | (404, _) => match digest {
             Some(d) => StoreError::NotFound(*d),
@@ -471,7 +574,7 @@ fn classify_service_error(
 
 /// Turns an SDK error into a store error; `ctx` says what failed where, `digest` is the blob a
 /// 404 is about (`None` when a 404 cannot mean "no such blob").
-fn map_sdk_error<E>(ctx: String, digest: Option<&Digest>, e: SdkError<E>) -> StoreError
+fn map_sdk_error<E>(op: &str, ctx: String, digest: Option<&Digest>, e: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -486,7 +589,7 @@ where
                     msg.push_str(detail);
                 }
             }
-            classify_service_error(status, code, digest, msg)
+            classify_service_error(op, status, code, digest, msg)
         }
         SdkError::ConstructionFailure(_) => StoreError::Internal(format!(
             "{ctx}: could not build the request: {}",
@@ -580,35 +683,47 @@ mod tests {
         let d = Digest::of(b"x");
         let m = || "m".to_string();
         assert!(matches!(
-            classify_service_error(404, "NoSuchKey", Some(&d), m()),
+            classify_service_error("GetObject", 404, "NoSuchKey", Some(&d), m()),
             StoreError::NotFound(_)
         ));
         assert!(matches!(
-            classify_service_error(404, "", Some(&d), m()),
+            classify_service_error("GetObject", 404, "", Some(&d), m()),
             StoreError::NotFound(_)
         ));
         assert!(matches!(
-            classify_service_error(404, "NoSuchBucket", Some(&d), m()),
+            classify_service_error("GetObject", 404, "NoSuchBucket", Some(&d), m()),
             StoreError::FailedPrecondition(_)
         ));
         assert!(matches!(
-            classify_service_error(416, "", Some(&d), m()),
+            classify_service_error("GetObject", 416, "", Some(&d), m()),
             StoreError::OutOfRange(_)
         ));
         assert!(matches!(
-            classify_service_error(403, "", Some(&d), m()),
+            classify_service_error("GetObject", 403, "", Some(&d), m()),
+            StoreError::Unavailable(_)
+        ));
+        let StoreError::FailedPrecondition(msg) =
+            classify_service_error("GetObject", 403, "AccessDenied", Some(&d), m())
+        else {
+            panic!("AccessDenied on a read is FailedPrecondition")
+        };
+        assert!(msg.contains("s3:ListBucket"), "{msg}");
+        let StoreError::FailedPrecondition(msg) =
+            classify_service_error("PutObject", 403, "AccessDenied", Some(&d), m())
+        else {
+            panic!("AccessDenied on a write is FailedPrecondition")
+        };
+        assert!(msg.contains("s3:PutObject"), "{msg}");
+        assert!(matches!(
+            classify_service_error("GetObject", 400, "SignatureDoesNotMatch", None, m()),
             StoreError::Unavailable(_)
         ));
         assert!(matches!(
-            classify_service_error(400, "SignatureDoesNotMatch", None, m()),
+            classify_service_error("GetObject", 503, "SlowDown", None, m()),
             StoreError::Unavailable(_)
         ));
         assert!(matches!(
-            classify_service_error(503, "SlowDown", None, m()),
-            StoreError::Unavailable(_)
-        ));
-        assert!(matches!(
-            classify_service_error(400, "Weird", None, m()),
+            classify_service_error("GetObject", 400, "Weird", None, m()),
             StoreError::Internal(_)
         ));
     }

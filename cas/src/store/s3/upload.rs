@@ -142,7 +142,7 @@ impl S3Store {
                 upload
                     .send_part(number, part)
                     .await
-                    .map_err(|e| map_sdk_error(ctx, None, e))
+                    .map_err(|e| map_sdk_error("UploadPart", ctx, None, e))
             });
         }
         while !tasks.is_empty() {
