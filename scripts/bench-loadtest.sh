@@ -5,7 +5,8 @@
 # the whole machine was. The load generator shares the machine with the server.
 #
 # Knobs: DURATION (seconds per figure, 10), CONCURRENCY (4), BATCH (blobs per batch, 500),
-# LARGE (cas-large blob size, 256MiB), LARGE_REQUESTS (3), SKIP_SCHEDULER=1.
+# LARGE (cas-large blob size, 256MiB), LARGE_REQUESTS (3), SKIP_SCHEDULER=1, SKIP_BUILD=1 (use
+# the binaries already in BIN_DIR, default target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +15,11 @@ CONCURRENCY=${CONCURRENCY:-4}
 BATCH=${BATCH:-500}
 LARGE=${LARGE:-256MiB}
 LARGE_REQUESTS=${LARGE_REQUESTS:-3}
+BIN_DIR=${BIN_DIR:-target/release}
 
 work=$(mktemp -d)
 pids=()
+server_pid=""
 stop_servers() {
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
@@ -51,13 +54,16 @@ echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 packages=(-p cas --bin farm-cas -p loadtest --bin farm-loadtest)
 [ "${SKIP_SCHEDULER:-0}" = 1 ] || packages+=(-p scheduler --bin farm-scheduler)
-cargo build --release "${packages[@]}"
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release "${packages[@]}"
 
-# One row from the JSON line of a run: figure, command, the kind to show (or "total").
+# One row from the JSON line of a run: figure, command, the kind to show (or "total"), the
+# JSON file; the server's CPU and the load average come from load() beside it.
 row() {
     python3 - "$@" <<'EOF'
 import json, sys
 figure, command, kind, path = sys.argv[1:5]
+with open(path + ".server") as f:
+    server_cores, loadavg = f.read().split(maxsplit=1)
 with open(path) as f:
     v = json.loads(f.read().strip().splitlines()[-1])
 k = v if kind == "total" else v["kinds"][kind]
@@ -68,16 +74,30 @@ busy = cpu.get("machine_busy")
 busy = f"{busy * 100:.0f}%" if busy is not None else "?"
 print(f"| {figure} | `{command}` | {k['ops_per_s']:,.1f} | {k['blobs_per_s']:,.0f} | "
       f"{k['bytes_per_s'] / 1e6:,.1f} | {lat['p50']:.2f} / {lat['p99']:.2f} / {lat['max']:.2f} | "
-      f"{errors} | {cpu['cores']:.2f} of {cpu['cores_allowed']} ({cpu['fraction'] * 100:.0f}%) | {busy} |")
+      f"{errors} | {cpu['cores']:.2f} of {cpu['cores_allowed']} ({cpu['fraction'] * 100:.0f}%) | "
+      f"{float(server_cores):.2f} | {busy} | {loadavg.strip()} |")
 EOF
 }
 
-# Runs farm-loadtest against $url, keeping its output in $work/NAME.out.
+# CPU ticks (user + system) of process $1 so far.
+cpu_ticks() {
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# Runs farm-loadtest against $url (served by $server_pid), keeping its output in
+# $work/NAME.out and the server's CPU (cores, over the whole invocation, setup included) and
+# the 1-minute load average at the end in $work/NAME.out.server.
 load() {
     local name=$1
     shift
-    local status=0
-    ./target/release/farm-loadtest --target "$url" "$@" --json >"$work/$name.out" 2>"$work/$name.err" || status=$?
+    local status=0 t0 t1 s0 s1
+    t0=$(cpu_ticks "$server_pid")
+    s0=$(date +%s.%N)
+    "$BIN_DIR/farm-loadtest" --target "$url" "$@" --json >"$work/$name.out" 2>"$work/$name.err" || status=$?
+    t1=$(cpu_ticks "$server_pid")
+    s1=$(date +%s.%N)
+    python3 -c "print(($t1 - $t0) / $(getconf CLK_TCK) / ($s1 - $s0))" >"$work/$name.out.server"
+    cut -d' ' -f1 /proc/loadavg >>"$work/$name.out.server"
     if [ "$status" != 0 ] && [ "$status" != 3 ]; then
         echo "farm-loadtest $* failed ($status):" >&2
         cat "$work/$name.err" >&2
@@ -87,8 +107,8 @@ load() {
 }
 
 header() {
-    echo "| figure | command (\`--target http://127.0.0.1:PORT\`) | requests/s | blobs/s | MB/s | latency p50 / p99 / max ms | errors | generator CPU (cores) | machine busy |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| figure | command (\`--target http://127.0.0.1:PORT\`) | requests/s | blobs/s | MB/s | latency p50 / p99 / max ms | errors | generator CPU (cores) | server CPU (cores) | machine busy | load (1 min) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
 }
 
 rows=()
@@ -99,9 +119,10 @@ add() {
 echo "== farm-cas --root (filesystem store)"
 port=$(free_port)
 url="http://127.0.0.1:$port"
-RUST_LOG=warn ./target/release/farm-cas --listen "127.0.0.1:$port" --root "$work/store" \
+RUST_LOG=warn "$BIN_DIR/farm-cas" --listen "127.0.0.1:$port" --root "$work/store" \
     --max-size "16 GiB" >"$work/farm-cas.log" 2>&1 &
-pids+=($!)
+server_pid=$!
+pids+=("$server_pid")
 wait_port "$port"
 
 small=(--concurrency "$CONCURRENCY" --batch "$BATCH" --duration "$DURATION")
@@ -146,9 +167,10 @@ if [ "${SKIP_SCHEDULER:-0}" != 1 ]; then
     echo "== farm-scheduler --root (no workers: every Execute is an action-cache hit)"
     port=$(free_port)
     url="http://127.0.0.1:$port"
-    RUST_LOG=warn ./target/release/farm-scheduler --listen "127.0.0.1:$port" --root "$work/scheduler" \
+    RUST_LOG=warn "$BIN_DIR/farm-scheduler" --listen "127.0.0.1:$port" --root "$work/scheduler" \
         >"$work/farm-scheduler.log" 2>&1 &
-    pids+=($!)
+    server_pid=$!
+    pids+=("$server_pid")
     wait_port "$port"
     a=(execute-cached --actions 1000 --concurrency 16 --duration "$DURATION")
     load cached "${a[@]}"
