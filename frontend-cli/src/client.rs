@@ -157,13 +157,9 @@ impl FarmClient {
         let mut last: Option<Operation> = None;
         loop {
             match stream.message().await {
-                Ok(Some(op)) => {
-                    let done = op.done;
-                    last = Some(op);
-                    if done {
-                        break;
-                    }
-                }
+                // Read to the stream's end even after `done`: dropping a stream early is a
+                // reset, which a busy server's HTTP/2 flood protection may punish.
+                Ok(Some(op)) => last = Some(op),
                 Ok(None) => break,
                 Err(s) => bail!(
                     "the Execute stream failed: {} ({:?})",
