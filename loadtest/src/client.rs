@@ -132,6 +132,7 @@ impl Pool {
             .map_err(|e| ClientError::Target(e.to_string()))?
             .connect_timeout(config.timeout.min(std::time::Duration::from_secs(10)));
         if endpoint.uri().scheme_str() == Some("https") {
+            install_crypto_provider();
             endpoint = endpoint
                 .tls_config(tls_config(config)?)
                 .map_err(|e| ClientError::Tls {
@@ -153,6 +154,14 @@ impl Pool {
     pub fn get(&self, i: usize) -> &Clients {
         &self.conns[i % self.conns.len()]
     }
+}
+
+/// Makes ring the process's rustls crypto provider unless one is installed already. Needed
+/// because a build that also links aws-lc-rs (the S3 SDK does) leaves rustls two candidates,
+/// and it then panics on the first TLS handshake instead of choosing.
+pub fn install_crypto_provider() {
+    // An Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {

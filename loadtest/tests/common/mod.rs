@@ -193,6 +193,7 @@ pub async fn start_secure_storage(cert: &[u8], key: &[u8], token: &str) -> Farm 
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local address");
     let (tx, rx) = oneshot::channel::<()>();
+    loadtest::client::install_crypto_provider();
     let router = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
         .expect("server TLS config")
