@@ -33,6 +33,10 @@ pub enum StoreConfig {
         /// action-cache stack, whose values are not content-addressed.
         #[serde(default)]
         verify_on_recovery: Option<bool>,
+        /// Write large uploads and read large blobs with direct I/O rather than through newly
+        /// allocated page-cache pages (see [`crate::direct_io`]). Defaults to true.
+        #[serde(default)]
+        direct_io: Option<bool>,
     },
     /// In Redis (small blobs, action results); refuses blobs over `max_blob_bytes`.
     Redis {
@@ -265,6 +269,28 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
     ))
 }
 
+impl StoreConfig {
+    /// Whether uploads spooled next to [`Self::first_filesystem_root`] use direct I/O: that
+    /// store's `direct_io` (true without a filesystem store).
+    pub fn spool_direct_io(&self) -> bool {
+        match self {
+            StoreConfig::Filesystem { direct_io, .. } => direct_io.unwrap_or(true),
+            StoreConfig::Tiered { fast, slow } => match fast.first_filesystem_root() {
+                Some(_) => fast.spool_direct_io(),
+                None => slow.spool_direct_io(),
+            },
+            StoreConfig::SizePartitioned { small, large, .. } => {
+                match large.first_filesystem_root() {
+                    Some(_) => large.spool_direct_io(),
+                    None => small.spool_direct_io(),
+                }
+            }
+            StoreConfig::Verifying { inner } => inner.spool_direct_io(),
+            _ => true,
+        }
+    }
+}
+
 /// What a stack stores, which decides defaults that depend on whether keys are content digests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -299,9 +325,11 @@ fn build_as(
                 root,
                 max_bytes,
                 verify_on_recovery,
+                direct_io,
             } => {
                 let mut options = FilesystemOptions::new(max_bytes.as_u64());
                 options.verify_on_recovery = verify_on_recovery.unwrap_or(role == Role::Cas);
+                options.direct_io = direct_io.unwrap_or(true);
                 Arc::new(FilesystemStore::open_with(root.clone(), options).await?)
             }
             #[cfg(feature = "redis")]
@@ -424,6 +452,7 @@ mod tests {
             root: root.to_path_buf(),
             max_bytes: ByteSize::mib(1),
             verify_on_recovery: None,
+            direct_io: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod digest;
+pub mod direct_io;
 pub mod error;
 pub mod merkle;
 pub mod metrics;

@@ -221,23 +221,28 @@ async fn resume_after_a_broken_stream() {
 #[tokio::test]
 async fn half_closed_stream_reports_progress_and_resumes() {
     let fx = Fixture::start().await;
-    let data = random_bytes(1 << 20, 12);
-    let d = Digest::of(&data);
-    let name = upload_name(&d);
-    let committed = fx
-        .write(requests(&name, &data[..300_000], 100_000, 0, false))
-        .await
-        .unwrap();
-    assert_eq!(
-        committed, 300_000,
-        "a clean close answers with the committed size"
-    );
-    let q = fx.query(&name).await.unwrap();
-    assert_eq!((q.committed_size, q.complete), (300_000, false));
-    fx.write(requests(&name, &data[300_000..], 100_000, 300_000, true))
-        .await
-        .unwrap();
-    assert_eq!(fx.read(&blob_name(&d), 0, 0).await.unwrap(), data);
+    // Spooled through the page cache, and (at least 4 MiB) with direct I/O, split unaligned.
+    for (size, split) in [(1 << 20, 300_000), ((5 << 20) + 3, (2 << 20) + 4097)] {
+        let data = random_bytes(size, 12);
+        let d = Digest::of(&data);
+        let name = upload_name(&d);
+        let committed = fx
+            .write(requests(&name, &data[..split], 100_000, 0, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            committed, split as i64,
+            "a clean close answers with the committed size"
+        );
+        let q = fx.query(&name).await.unwrap();
+        assert_eq!((q.committed_size, q.complete), (split as i64, false));
+        fx.write(requests(&name, &data[split..], 100_000, split as i64, true))
+            .await
+            .unwrap();
+        assert_eq!(fx.read(&blob_name(&d), 0, 0).await.unwrap(), data);
+        assert_eq!(fx.read(&blob_name(&d), 5, 0).await.unwrap(), &data[5..]);
+    }
+    assert_eq!(fx.spool_files(), 0);
 }
 
 #[tokio::test]

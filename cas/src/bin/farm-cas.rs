@@ -53,6 +53,7 @@ fn yes() -> bool {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    cas::process::keep_freed_memory();
     cas::process::init_logging();
     let args = Args::parse();
     let file = match (&args.config, &args.root) {
@@ -64,11 +65,13 @@ async fn main() -> Result<()> {
                 root: root.join("cas"),
                 max_bytes: args.max_size,
                 verify_on_recovery: Some(true),
+                direct_io: None,
             },
             action_cache: StoreConfig::Filesystem {
                 root: root.join("ac"),
                 max_bytes: ByteSize::b(args.max_size.as_u64() / 10 + 1),
                 verify_on_recovery: Some(false),
+                direct_io: None,
             },
             spool_dir: None,
             max_batch_total_bytes: None,
@@ -103,6 +106,7 @@ async fn main() -> Result<()> {
         options.max_batch_total_bytes = max.as_u64();
     }
     options.completeness_check = file.completeness_check;
+    options.direct_io = file.cas.spool_direct_io();
     let storage = Storage::new(cas_store, ac_store, options);
 
     let readiness = Readiness::default();

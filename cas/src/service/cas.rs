@@ -167,6 +167,41 @@ where
     Ok(out)
 }
 
+/// Runs `f` over `items` split into parts, keeping their order: one part on this task for
+/// small batches, otherwise one part per core, each on a spawned task (hashing and
+/// decompression are CPU work).
+async fn map_parts_parallel<T, R, F, Fut>(items: Vec<T>, f: F) -> Result<Vec<R>, Status>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<R>> + Send + 'static,
+{
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 || items.len() <= MIN_BLOBS_PER_TASK {
+        return Ok(f(items).await);
+    }
+    let per_task = items.len().div_ceil(cores).max(MIN_BLOBS_PER_TASK);
+    let total = items.len();
+    let mut items = items.into_iter();
+    let mut tasks = Vec::with_capacity(cores);
+    loop {
+        let part: Vec<T> = items.by_ref().take(per_task).collect();
+        if part.is_empty() {
+            break;
+        }
+        tasks.push(tokio::spawn(f.clone()(part)));
+    }
+    let mut out = Vec::with_capacity(total);
+    for task in tasks {
+        let part = task
+            .await
+            .map_err(|e| Status::internal(format!("batch worker task failed: {e}")))?;
+        out.extend(part);
+    }
+    Ok(out)
+}
+
 /// Decompresses a zstd upload of a blob that must be exactly `expected` bytes, never producing
 /// (or allocating for) more than `expected + 1` bytes.
 fn zstd_decompress(data: &[u8], expected: u64) -> Result<Vec<u8>, String> {
@@ -192,16 +227,15 @@ fn zstd_decompress(data: &[u8], expected: u64) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Stores one BatchUpdateBlobs entry; returns its response and the wire bytes it stored.
-async fn update_one(
-    cas: Arc<dyn BlobStore>,
+/// Checks one BatchUpdateBlobs entry and decompresses its data: the digest and the bytes to
+/// store, and how many bytes it took on the wire.
+fn prepare_update(
     req: reapi::batch_update_blobs_request::Request,
-) -> (batch_update_blobs_response::Response, u64) {
-    let echo = req.digest.clone();
-    let result = async {
-        let digest = parse_digest(req.digest.as_ref(), "blob digest")?;
-        let wire_len = req.data.len() as u64;
-        let data: Bytes = match compressor::Value::try_from(req.compressor) {
+) -> Result<(Digest, Bytes, u64), Status> {
+    let digest = parse_digest(req.digest.as_ref(), "blob digest")?;
+    let wire_len = req.data.len() as u64;
+    let data: Bytes =
+        match compressor::Value::try_from(req.compressor) {
             Ok(compressor::Value::Identity) => Bytes::from(req.data),
             Ok(compressor::Value::Zstd) => zstd_decompress(&req.data, digest.size())
                 .map(Bytes::from)
@@ -209,7 +243,7 @@ async fn update_one(
             Ok(other) => {
                 return Err(Status::invalid_argument(format!(
                     "blob {digest}: compressor {} is not supported for batch uploads \
-                     (supported: IDENTITY, ZSTD)",
+                 (supported: IDENTITY, ZSTD)",
                     other.as_str_name()
                 )))
             }
@@ -220,26 +254,60 @@ async fn update_one(
                 )))
             }
         };
-        if data.len() as u64 != digest.size() {
-            return Err(Status::invalid_argument(format!(
-                "blob {digest}: {} bytes of data sent, but the digest says {}",
-                data.len(),
-                digest.size()
-            )));
-        }
-        cas.put_bytes(&digest, data).await.map_err(Status::from)?;
-        Ok(wire_len)
+    if data.len() as u64 != digest.size() {
+        return Err(Status::invalid_argument(format!(
+            "blob {digest}: {} bytes of data sent, but the digest says {}",
+            data.len(),
+            digest.size()
+        )));
     }
-    .await;
-    let (status, stored) = match result {
-        Ok(n) => (rpc_ok(), n),
-        Err(s) => (rpc_status(&s), 0),
-    };
-    let response = batch_update_blobs_response::Response {
-        digest: echo,
+    Ok((digest, data, wire_len))
+}
+
+/// Stores one part of a BatchUpdateBlobs with one `put_many` call; returns each entry's
+/// response and the wire bytes it stored, in order.
+async fn update_part(
+    cas: Arc<dyn BlobStore>,
+    requests: Vec<reapi::batch_update_blobs_request::Request>,
+) -> Vec<(batch_update_blobs_response::Response, u64)> {
+    let mut out = Vec::with_capacity(requests.len());
+    let mut blobs = Vec::with_capacity(requests.len());
+    let mut stored_at = Vec::with_capacity(requests.len());
+    for req in requests {
+        let echo = req.digest.clone();
+        match prepare_update(req) {
+            Ok((digest, data, wire_len)) => {
+                stored_at.push((out.len(), wire_len));
+                blobs.push((digest, data));
+                out.push((update_response(echo, rpc_ok()), 0));
+            }
+            Err(status) => out.push((update_response(echo, rpc_status(&status)), 0)),
+        }
+    }
+    let results = cas.put_many(blobs).await;
+    let mut results = results.into_iter();
+    for (slot, wire_len) in stored_at {
+        let entry = &mut out[slot];
+        match results.next() {
+            Some(Ok(())) => entry.1 = wire_len,
+            Some(Err(e)) => entry.0.status = Some(rpc_status(&Status::from(e))),
+            None => {
+                let s = Status::internal("the store answered fewer results than blobs");
+                entry.0.status = Some(rpc_status(&s));
+            }
+        }
+    }
+    out
+}
+
+fn update_response(
+    digest: Option<reapi::Digest>,
+    status: RpcStatus,
+) -> batch_update_blobs_response::Response {
+    batch_update_blobs_response::Response {
+        digest,
         status: Some(status),
-    };
-    (response, stored)
+    }
 }
 
 /// Outcome of reading one blob: its response, bytes sent, and whether it was a hit (`None` when
@@ -338,7 +406,8 @@ impl CasService {
             .fold(0u64, u64::saturating_add);
         check_batch_total(&self.storage.options, total, "upload")?;
         let cas = self.storage.cas.clone();
-        let results = map_parallel(req.requests, move |r| update_one(cas.clone(), r)).await?;
+        let results =
+            map_parts_parallel(req.requests, move |part| update_part(cas.clone(), part)).await?;
         let written: u64 = results.iter().map(|(_, n)| n).sum();
         metrics::BYTES
             .with_label_values(&["written"])

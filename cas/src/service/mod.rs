@@ -32,6 +32,9 @@ pub struct StorageOptions {
     pub read_chunk_bytes: usize,
     /// Answer NOT_FOUND for action results whose outputs are no longer all in the CAS.
     pub completeness_check: bool,
+    /// Spool large ByteStream uploads with direct I/O (see [`crate::direct_io`]); where the
+    /// filesystem does not support it they are written through the page cache anyway.
+    pub direct_io: bool,
 }
 
 impl StorageOptions {
@@ -41,6 +44,7 @@ impl StorageOptions {
             max_batch_total_bytes: 4 * 1024 * 1024,
             read_chunk_bytes: 1024 * 1024,
             completeness_check: true,
+            direct_io: true,
         }
     }
 }

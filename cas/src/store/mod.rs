@@ -103,9 +103,24 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
         self.put(digest, once(data)).await
     }
 
+    /// Stores many in-memory blobs (a BatchUpdateBlobs); one result per blob, in order. The
+    /// default stores them with [`BlobStore::put_bytes`], [`PUT_MANY_IN_FLIGHT`] at a time;
+    /// stores with a fixed cost per call (the filesystem store's hops to blocking threads)
+    /// batch the work instead.
+    async fn put_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), StoreError>> {
+        futures::stream::iter(blobs)
+            .map(|(digest, data)| async move { self.put_bytes(&digest, data).await })
+            .buffered(PUT_MANY_IN_FLIGHT)
+            .collect()
+            .await
+    }
+
     /// A short name for logs and metrics labels ("memory", "filesystem", ...).
     fn kind(&self) -> &'static str;
 }
+
+/// Blobs of one [`BlobStore::put_many`] stored concurrently by the default implementation.
+pub const PUT_MANY_IN_FLIGHT: usize = 64;
 
 /// A stream of one chunk.
 pub fn once(data: Bytes) -> ChunkStream {

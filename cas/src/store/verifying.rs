@@ -102,6 +102,40 @@ impl BlobStore for VerifyingStore {
         self.inner.put_bytes(digest, data).await
     }
 
+    /// Hashes every blob, answers mismatches (and the empty blob) here and passes the rest to
+    /// the inner store's `put_many` in one call.
+    async fn put_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Option<Result<(), StoreError>>> = Vec::with_capacity(blobs.len());
+        let mut forward = Vec::with_capacity(blobs.len());
+        let mut slots = Vec::with_capacity(blobs.len());
+        for (digest, data) in blobs {
+            let actual = Digest::of(&data);
+            if actual != digest {
+                results.push(Some(Err(mismatch(&digest, &actual))));
+            } else if actual == Digest::EMPTY {
+                results.push(Some(Ok(())));
+            } else {
+                slots.push(results.len());
+                results.push(None);
+                forward.push((digest, data));
+            }
+        }
+        let stored = self.inner.put_many(forward).await;
+        for (slot, result) in slots.into_iter().zip(stored) {
+            results[slot] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Internal(
+                        "the store answered fewer results than blobs it was given".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// Already verified by construction: passed through without hashing again.
     async fn put_verified_file(&self, file: VerifiedFile) -> Result<(), StoreError> {
         if *file.digest() == Digest::EMPTY {

@@ -244,15 +244,28 @@ impl Checkout {
         Ok(())
     }
 
-    /// Appends one request's data; if this future is dropped half-way, the upload is dropped too.
-    pub(super) async fn append(&mut self, data: Bytes, digest: &Digest) -> Result<(), Status> {
+    /// Appends requests' data, in order; if this future is dropped half-way, the upload is
+    /// dropped too.
+    pub(super) async fn append(&mut self, data: Vec<Bytes>, digest: &Digest) -> Result<(), Status> {
         let Some(upload) = self.upload.as_deref_mut() else {
             return Err(Status::internal("append to a checkout without an upload"));
         };
         self.appending = true;
-        upload.append(data, digest).await?;
+        upload.append_all(data, digest).await?;
         self.appending = false;
         self.progress.store(upload.committed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gets an upload ready to sit idle until a later stream resumes it (see
+    /// [`Spool::park`]); if this future is dropped half-way, the upload is dropped too.
+    pub(super) async fn park(&mut self) -> Result<(), Status> {
+        let Some(upload) = self.upload.as_deref_mut() else {
+            return Ok(());
+        };
+        self.appending = true;
+        upload.spool.park().await.map_err(Status::from)?;
+        self.appending = false;
         Ok(())
     }
 
@@ -377,6 +390,27 @@ impl PartialUpload {
         )))
     }
 
+    /// Appends requests' data (compressed or not), refusing anything beyond the digest's size;
+    /// uncompressed data goes to the spool in one call.
+    async fn append_all(&mut self, data: Vec<Bytes>, digest: &Digest) -> Result<(), Status> {
+        if self.zstd.is_some() {
+            for part in data {
+                self.append(part, digest).await?;
+            }
+            return Ok(());
+        }
+        let len: u64 = data.iter().map(|d| d.len() as u64).sum();
+        if self.spool.len() + len > digest.size() {
+            return Err(overlong(digest, self.spool.len() + len));
+        }
+        self.spool
+            .write_all_owned(data)
+            .await
+            .map_err(Status::from)?;
+        self.committed += len as i64;
+        Ok(())
+    }
+
     /// Appends one request's data (compressed or not), refusing anything beyond the digest's
     /// size.
     async fn append(&mut self, data: Bytes, digest: &Digest) -> Result<(), Status> {
@@ -484,7 +518,7 @@ mod tests {
         let digest = Digest::of(&data);
         let (registry, mut checkout) = registry_with_upload(dir.path(), "u").await;
         checkout
-            .append(Bytes::copy_from_slice(&data[..400]), &digest)
+            .append(vec![Bytes::copy_from_slice(&data[..400])], &digest)
             .await
             .unwrap();
         assert_eq!(
@@ -539,7 +573,8 @@ mod tests {
         for _ in 0..20 {
             let (registry, mut checkout) = registry_with_upload(dir.path(), "u").await;
             let pending = {
-                let mut append = Box::pin(checkout.append(Bytes::from(data.clone()), &digest));
+                let mut append =
+                    Box::pin(checkout.append(vec![Bytes::from(data.clone())], &digest));
                 futures::poll!(&mut append).is_pending()
             };
             drop(checkout);

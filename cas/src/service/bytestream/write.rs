@@ -22,7 +22,11 @@ use crate::service::resource::{self, WriteResource};
 use crate::spool::Spool;
 
 /// Requests' data buffered between the RPC and the upload task.
-const WRITE_QUEUE_DEPTH: usize = 2;
+const WRITE_QUEUE_DEPTH: usize = 4;
+
+/// The upload task takes whatever requests have queued up, up to this many bytes, in one go
+/// (one hop to the blocking pool for all of them).
+const APPEND_BATCH_BYTES: usize = 4 << 20;
 
 /// How a stream ended without an error.
 enum Ended {
@@ -71,7 +75,8 @@ pub(super) async fn write(
 
     let mut checkout = inner.uploads.checkout(&name)?;
     if checkout.upload().is_none() {
-        let spool = Spool::create(&inner.storage.options.spool_dir).await?;
+        let options = &inner.storage.options;
+        let spool = Spool::create_for(&options.spool_dir, digest.size(), options.direct_io).await?;
         checkout.install(PartialUpload::new(spool, compressed)?);
     }
     if let Err(status) = checkout.resume(first.write_offset) {
@@ -84,7 +89,7 @@ pub(super) async fn write(
     let writer = tokio::spawn(append_all(checkout, rx, digest));
     let ended = pump(&name, first, &mut stream, &tx).await;
     drop(tx);
-    let checkout = match writer.await {
+    let mut checkout = match writer.await {
         Ok(Ok(checkout)) => checkout,
         Ok(Err(status)) => return Err(status),
         Err(e) => return Err(Status::internal(format!("upload task failed: {e}"))),
@@ -93,12 +98,16 @@ pub(super) async fn write(
         Ok(Ended::Finished) => finish(inner, checkout, &resource).await,
         Ok(Ended::HalfClosed) => {
             // Kept (as idle) when `checkout` drops, for a later resume.
+            checkout.park().await?;
             Ok(WriteResponse {
                 committed_size: checkout.committed(),
             })
         }
         Ok(Ended::WriterStopped) => Err(Status::internal("upload task stopped early")),
-        Err(Failure::Broken(status)) => Err(status),
+        Err(Failure::Broken(status)) => {
+            checkout.park().await?;
+            Err(status)
+        }
         Err(Failure::Refused(status)) => {
             checkout.discard();
             Err(status)
@@ -115,7 +124,18 @@ async fn append_all(
     digest: Digest,
 ) -> Result<Checkout, Status> {
     while let Some(chunk) = chunks.recv().await {
-        if let Err(status) = checkout.append(chunk, &digest).await {
+        let mut bytes = chunk.len();
+        let mut batch = vec![chunk];
+        while bytes < APPEND_BATCH_BYTES {
+            match chunks.try_recv() {
+                Ok(more) => {
+                    bytes += more.len();
+                    batch.push(more);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(status) = checkout.append(batch, &digest).await {
             checkout.discard();
             return Err(status);
         }

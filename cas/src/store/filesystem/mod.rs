@@ -4,9 +4,12 @@
 //! Layout under the root directory:
 //! - `blobs/ab/<hash>-<size>`: one file per stored value, named by [`Digest::key`] and sharded
 //!   by the hash's first two hex characters (`ab`).
-//! - `tmp/`: files being written (uploads, the gRPC layer's spool files, evicted blobs about to
-//!   be unlinked). It is on the same filesystem as `blobs/`, so a finished file moves into place
-//!   with one atomic rename. [`FilesystemStore::open`] deletes whatever it finds there.
+//! - `tmp/`: files being written (streamed uploads, the gRPC layer's spool files, evicted blobs
+//!   about to be unlinked). It is on the same filesystem as `blobs/`, so a finished file moves
+//!   into place with one atomic rename. [`FilesystemStore::open`] deletes whatever it finds
+//!   there.
+//! - `blobs/ab/.put-*`: in-memory blobs being written ([`write`]), renamed into place within
+//!   their shard; `open` deletes leftovers.
 //!
 //! An in-memory index (digest -> length and last-touch time) kept in LRU order answers
 //! `find_missing` without touching the disk and decides what to evict. Recency survives restarts
@@ -26,7 +29,10 @@
 //! and, after an unclean stop, rehashes what was written since the last checkpoint.
 
 mod options;
+mod read;
 mod recovery;
+mod scan;
+mod write;
 
 pub use options::FilesystemOptions;
 pub use recovery::{CHECKPOINT_FILE, CLEAN_MARKER, DEFAULT_CHECKPOINT_INTERVAL};
@@ -36,7 +42,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,7 +56,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use super::{BlobStore, ByteRange, ChunkStream};
-use crate::digest::{parse_size, Digest};
+use crate::digest::Digest;
+use crate::direct_io;
 use crate::error::StoreError;
 use crate::metrics;
 use crate::spool::VerifiedFile;
@@ -86,6 +93,11 @@ struct Inner {
     index: Mutex<Index>,
     stripes: Vec<Mutex<()>>,
     verify_on_recovery: bool,
+    /// Large reads use direct I/O.
+    direct_io: bool,
+    /// Distinguishes this process's temp-file names from leftovers, with `tmp_counter`.
+    tmp_seed: u64,
+    tmp_counter: AtomicU64,
     /// Something was committed since the last checkpoint (shared with the checkpoint task, so
     /// that an idle store is not even upgraded from its weak reference).
     dirty: Arc<AtomicBool>,
@@ -206,10 +218,13 @@ struct FoundBlob {
     mtime: SystemTime,
 }
 
-/// What `get` opened: a small blob already read, or a file positioned at the range start.
+/// What `get` opened: a small blob already read, a file positioned at the range start, or a
+/// large range to read with direct I/O (the file, the same file opened with `O_DIRECT` if that
+/// worked, the range).
 enum Opened {
     Small(Bytes),
     File(fs::File, u64),
+    Direct(fs::File, Option<fs::File>, u64, u64),
 }
 
 impl FilesystemStore {
@@ -240,12 +255,12 @@ impl FilesystemStore {
         let tmp = root.join("tmp");
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&tmp)?;
-        clean_tmp(&tmp)?;
+        scan::clean_tmp(&tmp)?;
         for shard in 0..=u8::MAX {
             create_dir_if_missing(&blobs.join(format!("{shard:02x}")))?;
         }
 
-        let mut found = scan_blobs(&blobs)?;
+        let mut found = scan::scan_blobs(&blobs)?;
         let recovered = options.verify_on_recovery && recovery::recover(&root, &mut found)?;
         // Oldest first, so the most recently used blob ends up at the front of the LRU order.
         found.sort_by(|a, b| a.mtime.cmp(&b.mtime).then(a.digest.cmp(&b.digest)));
@@ -265,6 +280,9 @@ impl FilesystemStore {
             index: Mutex::new(index),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             verify_on_recovery: options.verify_on_recovery,
+            direct_io: options.direct_io,
+            tmp_seed: uuid::Uuid::new_v4().as_u64_pair().0,
+            tmp_counter: AtomicU64::new(0),
             // A recovery's deletions become durable with the next checkpoint.
             dirty: Arc::new(AtomicBool::new(recovered)),
         };
@@ -346,11 +364,19 @@ impl Inner {
         ))
     }
 
-    /// Moves a finished file of `len` bytes (in `tmp/`) into place, indexes it as most recently
-    /// used and evicts down to the budget. Blocking.
-    fn commit(&self, digest: Digest, file: TempFile, len: u64) -> Result<(), StoreError> {
+    /// Moves a finished file of `len` bytes (in `tmp/` or its shard) into place, indexes it as
+    /// most recently used and evicts down to the budget. `stamp` sets its mtime to now first:
+    /// needed when its last data write may be old (a spool file), not when it was just written
+    /// (the kernel stamped it then; recovery's margin covers its coarse clock). Blocking.
+    fn commit(
+        &self,
+        digest: Digest,
+        file: TempFile,
+        len: u64,
+        stamp: bool,
+    ) -> Result<(), StoreError> {
         let dest = self.blob_path(&digest);
-        if self.verify_on_recovery {
+        if self.verify_on_recovery && stamp {
             // The mtime must follow the last data write, so that data a checkpoint may not have
             // flushed always lies in the window a recovery rehashes.
             filetime::set_file_mtime(file.path(), FileTime::now())?;
@@ -441,6 +467,13 @@ impl Inner {
             let mut buf = vec![0; want as usize];
             file.read_exact(&mut buf)?;
             return Ok(Opened::Small(Bytes::from(buf)));
+        }
+        if self.direct_io && want >= direct_io::MIN_DIRECT_BYTES {
+            // Opened by path a second time: if the blob was evicted in between, the direct
+            // handle is missing and the reads go through the page cache; if it was stored
+            // again, the new file has the same content (values this large are blobs).
+            let direct = direct_io::open_direct(&path).ok().flatten();
+            return Ok(Opened::Direct(file, direct, start, want));
         }
         Ok(Opened::File(file, want))
     }
@@ -536,6 +569,9 @@ impl BlobStore for FilesystemStore {
         match opened {
             Opened::Small(data) if data.is_empty() => Ok(Box::pin(futures::stream::empty())),
             Opened::Small(data) => Ok(super::once(data)),
+            Opened::Direct(file, direct, start, len) => {
+                Ok(read::direct_stream(file, direct, start, len))
+            }
             Opened::File(file, len) => {
                 let file = tokio::fs::File::from_std(file).take(len);
                 let capacity = READ_CHUNK.min(usize::try_from(len).unwrap_or(READ_CHUNK));
@@ -561,8 +597,19 @@ impl BlobStore for FilesystemStore {
         file.flush().await?;
         drop(file);
         let digest = *digest;
-        self.blocking(move |inner| inner.commit(digest, tmp, len))
+        self.blocking(move |inner| inner.commit(digest, tmp, len, false))
             .await
+    }
+
+    async fn put_bytes(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError> {
+        let digest = *digest;
+        self.blocking(move |inner| inner.put_bytes_blocking(digest, &data))
+            .await
+    }
+
+    /// One blocking call per [`write::BLOBS_PER_CALL`] blobs, run concurrently.
+    async fn put_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), StoreError>> {
+        write::put_many(&self.inner, blobs).await
     }
 
     async fn put_verified_file(&self, file: VerifiedFile) -> Result<(), StoreError> {
@@ -575,7 +622,7 @@ impl BlobStore for FilesystemStore {
                 return Err(inner.too_big(&digest, len));
             }
             let staged = inner.stage(src)?;
-            inner.commit(digest, staged, len)
+            inner.commit(digest, staged, len, true)
         })
         .await
     }
@@ -639,92 +686,9 @@ fn rename_into_dir(src: &Path, dest: &Path) -> io::Result<()> {
     }
 }
 
-/// Deletes leftover temp files (interrupted uploads, spools, evictions) from a previous run.
-fn clean_tmp(tmp: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(tmp)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            warn!(path = %path.display(), "ignoring unexpected directory in the store's tmp/");
-        } else if let Err(e) = fs::remove_file(&path) {
-            warn!(path = %path.display(), error = %e, "could not delete leftover temp file");
-        }
-    }
-    Ok(())
-}
-
-/// Parses a blob file name, `<64 lowercase hex>-<decimal size>` exactly as [`Digest::key`]
-/// writes it (no sign, no leading zeros).
-fn parse_blob_name(name: &str) -> Option<Digest> {
-    let (hash, size) = name.split_once('-')?;
-    let size = i64::try_from(parse_size(size).ok()?).ok()?;
-    let digest = Digest::parse(hash, size).ok()?;
-    (digest.key() == name).then_some(digest)
-}
-
-fn is_shard_name(name: &str) -> bool {
-    name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Finds every well-named blob file under `blobs/` with its length and mtime, deleting junk
-/// files (bad names, files in the wrong shard, anything not a regular file).
-fn scan_blobs(blobs: &Path) -> io::Result<Vec<FoundBlob>> {
-    let mut found = Vec::new();
-    for shard in fs::read_dir(blobs)? {
-        let shard = shard?;
-        let shard_path = shard.path();
-        let shard_name = shard.file_name();
-        let shard_name = shard_name.to_str().filter(|n| is_shard_name(n));
-        match (shard.file_type()?.is_dir(), shard_name) {
-            (true, Some(shard_name)) => scan_shard(&shard_path, shard_name, &mut found)?,
-            (true, None) => {
-                warn!(path = %shard_path.display(), "ignoring unexpected directory in blobs/")
-            }
-            (false, _) => remove_junk(&shard_path),
-        }
-    }
-    Ok(found)
-}
-
-fn scan_shard(dir: &Path, shard: &str, found: &mut Vec<FoundBlob>) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            warn!(path = %path.display(), "ignoring unexpected directory in blobs/");
-            continue;
-        }
-        let name = entry.file_name();
-        let digest = name
-            .to_str()
-            .filter(|n| n.starts_with(shard))
-            .and_then(parse_blob_name);
-        match digest {
-            Some(digest) if file_type.is_file() => {
-                let meta = entry.metadata()?;
-                found.push(FoundBlob {
-                    path,
-                    digest,
-                    len: meta.len(),
-                    mtime: meta.modified()?,
-                });
-            }
-            _ => remove_junk(&path),
-        }
-    }
-    Ok(())
-}
-
-fn remove_junk(path: &Path) {
-    warn!(path = %path.display(), "deleting junk file in blobs/");
-    if let Err(e) = fs::remove_file(path) {
-        warn!(path = %path.display(), error = %e, "could not delete junk file");
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::scan::{is_shard_name, parse_blob_name};
     use super::*;
 
     #[test]

@@ -16,15 +16,21 @@ pub struct FilesystemOptions {
     /// How often written data is flushed to disk (`syncfs`) and a checkpoint recorded; bounds
     /// what a recovery rehashes. Only with `verify_on_recovery`.
     pub checkpoint_interval: Duration,
+    /// Read ranges of at least [`MIN_DIRECT_BYTES`](crate::direct_io::MIN_DIRECT_BYTES) from
+    /// the page cache where it holds them and with `O_DIRECT` otherwise, instead of through
+    /// newly allocated page-cache pages (see [`crate::direct_io`]).
+    pub direct_io: bool,
 }
 
 impl FilesystemOptions {
-    /// A content-addressed store of at most `max_bytes`, checkpointed every 30 s.
+    /// A content-addressed store of at most `max_bytes`, checkpointed every 30 s, reading large
+    /// blobs with direct I/O.
     pub fn new(max_bytes: u64) -> Self {
         FilesystemOptions {
             max_bytes,
             verify_on_recovery: true,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            direct_io: true,
         }
     }
 }
