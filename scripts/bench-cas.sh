@@ -32,6 +32,24 @@ page_cache_write() {
     echo "$out" | awk '{v=$(NF-1); u=$NF; if (u=="GB/s") v*=1000; print v}'
 }
 
+# Large blobs (>= 4 MiB) are written and, when not cached, read with O_DIRECT, which bounds
+# them by the disk instead: the median of three direct reads of a 256 MiB file, 1 MiB at a time
+# (what the store's read path does), and one direct write.
+disk_direct() {
+    local f="$work/dd-direct" rates=()
+    dd if=/dev/urandom of="$f" bs=1M count=256 2>/dev/null
+    sync
+    echo "RESULT disk_direct_write_256mib $(dd if=/dev/zero of="$f.w" bs=2M count=128 oflag=direct 2>&1 | tail -1 |
+        awk '{v=$(NF-1); u=$NF; if (u=="GB/s") v*=1000; print v}') MB/s"
+    for _ in 1 2 3; do
+        rates+=("$(dd if="$f" of=/dev/null bs=1M iflag=direct 2>&1 | tail -1 |
+            awk '{v=$(NF-1); u=$NF; if (u=="GB/s") v*=1000; print v}')")
+    done
+    echo "RESULT disk_direct_read_256mib_median $(printf '%s\n' "${rates[@]}" | sort -n | sed -n 2p) MB/s"
+    rm -f "$f" "$f.w"
+}
+disk_direct
+
 cargo build --release -p cas --bin farm-cas
 cargo bench -p cas --bench grpc_throughput --no-run
 
