@@ -69,7 +69,7 @@ done
 sampler_pid=$!
 
 echo "RESULT page_cache_write_new_256mib_file_before $(page_cache_write a) MB/s"
-cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" bytestream find_missing batch_update
+cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" loopback bytestream find_missing batch_update
 echo "RESULT page_cache_write_new_256mib_file_after $(page_cache_write b) MB/s"
 rss_before=$(tail -1 "$work/rss.log" | awk '{print $2}')
 start=$(date +%s.%N)

@@ -2,8 +2,9 @@
 # The standard benchmark suite: runs each suite's script in turn (each builds the release
 # binaries it needs, starts its own farm processes on free loopback ports and stops them by PID)
 # and prints their figures as one block of BENCHMARKS.md rows at the end:
-#   cas       scripts/bench-cas.sh       machine limits (single-core SHA-256, page cache),
-#                                        farm-cas ByteStream/batch/FindMissing figures
+#   cas       scripts/bench-cas.sh       machine limits (single-core SHA-256, loopback TCP,
+#                                        page cache, disk direct I/O), farm-cas
+#                                        ByteStream/batch/FindMissing figures
 #   exec      scripts/bench-exec.sh      scheduler dispatch with 1,000 simulated workers,
 #                                        cache-hit Execute, /bin/true end to end, sandbox cost
 #   loadtest  scripts/bench-loadtest.sh  farm-loadtest scenarios against farm-cas / a farm

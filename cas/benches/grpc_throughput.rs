@@ -240,6 +240,47 @@ async fn stream_2gib(url: &str) {
     result("bytestream_read_2gib", total as f64 / r / 1e6, "MB/s");
 }
 
+/// The machine's loopback TCP limit for one stream, without gRPC: 2 GiB written in 1 MiB
+/// chunks by one task and read by another, median of 3. Needs no server (the URL is ignored).
+async fn loopback_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let total: usize = 2 << 30;
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let reader = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; CHUNK];
+            let mut n = 0;
+            while n < total {
+                match sock.read(&mut buf).await.expect("read") {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            n
+        });
+        let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        sock.set_nodelay(true).expect("nodelay");
+        let mut block = vec![0u8; CHUNK];
+        fill(&mut block, 7);
+        let start = Instant::now();
+        for _ in 0..total / CHUNK {
+            sock.write_all(&block).await.expect("write");
+        }
+        sock.shutdown().await.expect("shutdown");
+        let got = reader.await.expect("reader task");
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(got, total);
+        rates.push(total as f64 / secs / 1e6);
+    }
+    rates.sort_by(f64::total_cmp);
+    result("loopback_tcp_one_stream_median", rates[1], "MB/s");
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args()
@@ -250,7 +291,13 @@ async fn main() {
         eprintln!("usage: cargo bench -p cas --bench grpc_throughput -- URL [SCENARIO...]");
         std::process::exit(2);
     };
-    let all = ["bytestream", "find_missing", "batch_update", "stream_2gib"];
+    let all = [
+        "loopback",
+        "bytestream",
+        "find_missing",
+        "batch_update",
+        "stream_2gib",
+    ];
     let picked: Vec<&str> = if args.len() > 1 {
         args[1..].iter().map(String::as_str).collect()
     } else {
@@ -258,6 +305,7 @@ async fn main() {
     };
     for s in picked {
         match s {
+            "loopback" => loopback_tcp().await,
             "bytestream" => bytestream_256mib(url).await,
             "find_missing" => find_missing_10k(url).await,
             "batch_update" => batch_update_4kib(url).await,

@@ -136,35 +136,13 @@ where
     F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
 {
-    let run = |chunk: Vec<T>, f: F| {
-        futures::stream::iter(chunk)
-            .map(f)
+    map_parts_parallel(items, move |part: Vec<T>| {
+        futures::stream::iter(part)
+            .map(f.clone())
             .buffered(MAX_IN_FLIGHT_PER_TASK)
             .collect::<Vec<R>>()
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores == 1 || items.len() <= MIN_BLOBS_PER_TASK {
-        return Ok(run(items, f).await);
-    }
-    let per_task = items.len().div_ceil(cores).max(MIN_BLOBS_PER_TASK);
-    let total = items.len();
-    let mut items = items.into_iter();
-    let mut tasks = Vec::with_capacity(cores);
-    loop {
-        let chunk: Vec<T> = items.by_ref().take(per_task).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        tasks.push(tokio::spawn(run(chunk, f.clone())));
-    }
-    let mut out = Vec::with_capacity(total);
-    for task in tasks {
-        let part = task
-            .await
-            .map_err(|e| Status::internal(format!("batch worker task failed: {e}")))?;
-        out.extend(part);
-    }
-    Ok(out)
+    })
+    .await
 }
 
 /// Runs `f` over `items` split into parts, keeping their order: one part on this task for
