@@ -56,7 +56,13 @@ impl EmbeddedFarm {
         let lock = lock_home(home)?;
         check_bwrap(&options.bwrap)?;
 
-        let cas = FilesystemStore::open(home.join("cas"), options.max_bytes)
+        // The compilers that read this CAS's blobs next run on the same machine (the worker
+        // hardlinks them), so large blobs stay in the page cache: no direct I/O here.
+        let cas_options = FilesystemOptions {
+            direct_io: false,
+            ..FilesystemOptions::new(options.max_bytes)
+        };
+        let cas = FilesystemStore::open_with(home.join("cas"), cas_options)
             .await
             .with_context(|| format!("opening the CAS under {}", home.display()))?;
         let ac_options = FilesystemOptions {
@@ -70,7 +76,10 @@ impl EmbeddedFarm {
         let storage = Storage::new(
             Arc::new(cas),
             Arc::new(ac),
-            StorageOptions::new(home.join("tmp")),
+            StorageOptions {
+                direct_io: false,
+                ..StorageOptions::new(home.join("tmp"))
+            },
         );
         let config = SchedulerConfig {
             // Local workers never go silent for long; fail fast if one dies.
