@@ -218,6 +218,33 @@ async fn resume_after_a_broken_stream() {
     assert_eq!(fx.spool_files(), 0);
 }
 
+/// A client that names a huge blob and sends a little must not reserve disk for all of it while
+/// its upload waits to be resumed.
+#[tokio::test]
+async fn an_idle_upload_of_a_huge_blob_holds_disk_for_what_was_sent() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::start().await;
+    let d = Digest::parse(&"ab".repeat(32), 1 << 40).unwrap();
+    let name = upload_name(&d);
+    let data = random_bytes((5 << 20) + 3, 21);
+    let committed = fx
+        .write(requests(&name, &data, 1 << 20, 0, false))
+        .await
+        .unwrap();
+    assert_eq!(committed, data.len() as i64);
+    let spools: Vec<_> = std::fs::read_dir(&fx.spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap())
+        .collect();
+    assert_eq!(spools.len(), 1, "one partial upload");
+    let on_disk = spools[0].blocks() * 512;
+    assert!(
+        on_disk < 128 << 20,
+        "an idle 5 MiB upload of a 1 TiB blob holds {on_disk} bytes of disk"
+    );
+    assert_eq!(fx.query(&name).await.unwrap().committed_size, committed);
+}
+
 #[tokio::test]
 async fn half_closed_stream_reports_progress_and_resumes() {
     let fx = Fixture::start().await;
