@@ -122,6 +122,29 @@ pub trait BlobStore: Send + Sync + Debug + 'static {
 /// Blobs of one [`BlobStore::put_many`] stored concurrently by the default implementation.
 pub const PUT_MANY_IN_FLIGHT: usize = 64;
 
+/// Puts the results of a batch that was split into parts back in the batch's order: blob `i`
+/// went to part `part_of[i]`, and `parts[p]` holds part `p`'s results in the order it was
+/// given its blobs. A part that answered fewer results than blobs fills the gap with an error.
+pub(crate) fn gather_in_order(
+    part_of: &[usize],
+    parts: Vec<Vec<Result<(), StoreError>>>,
+) -> Vec<Result<(), StoreError>> {
+    let mut parts: Vec<_> = parts.into_iter().map(Vec::into_iter).collect();
+    part_of
+        .iter()
+        .map(|&p| {
+            parts
+                .get_mut(p)
+                .and_then(Iterator::next)
+                .unwrap_or_else(|| {
+                    Err(StoreError::Internal(
+                        "the store answered fewer results than blobs it was given".into(),
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// A stream of one chunk.
 pub fn once(data: Bytes) -> ChunkStream {
     Box::pin(futures::stream::once(async move { Ok(data) }))

@@ -74,6 +74,23 @@ impl BlobStore for SizePartitionedStore {
         self.route(digest).put_bytes(digest, data).await
     }
 
+    /// Each side's blobs in one `put_many` of that side, both at once.
+    async fn put_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), StoreError>> {
+        let mut part_of = Vec::with_capacity(blobs.len());
+        let (mut small, mut large) = (Vec::new(), Vec::new());
+        for (digest, data) in blobs {
+            if digest.size() < self.threshold {
+                part_of.push(0);
+                small.push((digest, data));
+            } else {
+                part_of.push(1);
+                large.push((digest, data));
+            }
+        }
+        let (small, large) = tokio::join!(self.small.put_many(small), self.large.put_many(large));
+        super::gather_in_order(&part_of, vec![small, large])
+    }
+
     async fn put_verified_file(&self, file: crate::spool::VerifiedFile) -> Result<(), StoreError> {
         self.route(file.digest()).put_verified_file(file).await
     }
@@ -102,5 +119,25 @@ mod tests {
         let (c, d) = (Digest::of(b"c"), Digest::of(b"dddddd"));
         assert_eq!(s.find_missing(&[d, a, c, b, d]).await.unwrap(), vec![d, c]);
         assert_eq!(&s.get_bytes(&b, ByteRange::ALL).await.unwrap()[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_split_by_size_and_answered_in_order() {
+        let small = Arc::new(MemoryStore::new(1 << 20));
+        // Refuses anything over 8 bytes.
+        let large = Arc::new(MemoryStore::new(8));
+        let s = SizePartitionedStore::new(4, small.clone(), large.clone());
+        let blobs: Vec<(Digest, Bytes)> = [&b"abcde"[..], b"ab", b"far too large", b"xyz"]
+            .into_iter()
+            .map(|b| (Digest::of(b), Bytes::copy_from_slice(b)))
+            .collect();
+        let results = s.put_many(blobs.clone()).await;
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, vec![true, true, false, true]);
+        let d: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        assert!(large.find_missing(&[d[0]]).await.unwrap().is_empty());
+        assert_eq!(small.find_missing(&[d[0]]).await.unwrap(), vec![d[0]]);
+        assert!(small.find_missing(&[d[1], d[3]]).await.unwrap().is_empty());
+        assert_eq!(s.find_missing(&d).await.unwrap(), vec![d[2]]);
     }
 }

@@ -112,6 +112,24 @@ impl BlobStore for TieredStore {
         Ok(())
     }
 
+    /// The whole batch to the slow tier in one `put_many`, then what it stored to the fast one.
+    async fn put_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), StoreError>> {
+        let results = self.slow.put_many(blobs.clone()).await;
+        let stored: Vec<(Digest, Bytes)> = blobs
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(blob, _)| blob)
+            .collect();
+        let digests: Vec<Digest> = stored.iter().map(|(d, _)| *d).collect();
+        for (digest, result) in digests.iter().zip(self.fast.put_many(stored).await) {
+            if let Err(e) = result {
+                tracing::debug!(%digest, error = %e, "fast tier not written");
+            }
+        }
+        results
+    }
+
     fn kind(&self) -> &'static str {
         "tiered"
     }
@@ -237,5 +255,25 @@ mod tests {
             vec![d],
             "a failed write must not be reported present"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_reaches_both_tiers_and_the_slow_tier_decides() {
+        let fast = Arc::new(MemoryStore::new(1 << 20));
+        let slow = Arc::new(MemoryStore::new(8));
+        let t = TieredStore::new(fast.clone(), slow.clone());
+        let blobs: Vec<(Digest, Bytes)> = [&b"abc"[..], b"too big for the slow tier", b"xy"]
+            .into_iter()
+            .map(|b| (Digest::of(b), Bytes::copy_from_slice(b)))
+            .collect();
+        let d: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let ok: Vec<bool> = t.put_many(blobs).await.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, vec![true, false, true]);
+        assert!(slow.find_missing(&[d[0], d[2]]).await.unwrap().is_empty());
+        assert_eq!(fast.find_missing(&d).await.unwrap(), vec![d[1]]);
+        // A broken fast tier fails nothing.
+        let t = TieredStore::new(Arc::new(Down), slow);
+        let blob = (Digest::of(b"q"), Bytes::from_static(b"q"));
+        assert!(t.put_many(vec![blob]).await[0].is_ok());
     }
 }

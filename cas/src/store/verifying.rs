@@ -105,35 +105,25 @@ impl BlobStore for VerifyingStore {
     /// Hashes every blob, answers mismatches (and the empty blob) here and passes the rest to
     /// the inner store's `put_many` in one call.
     async fn put_many(&self, blobs: Vec<(Digest, Bytes)>) -> Vec<Result<(), StoreError>> {
-        let mut results: Vec<Option<Result<(), StoreError>>> = Vec::with_capacity(blobs.len());
+        // Part 0: answered here; part 1: passed on.
+        let mut part_of = Vec::with_capacity(blobs.len());
+        let mut answered = Vec::new();
         let mut forward = Vec::with_capacity(blobs.len());
-        let mut slots = Vec::with_capacity(blobs.len());
         for (digest, data) in blobs {
             let actual = Digest::of(&data);
             if actual != digest {
-                results.push(Some(Err(mismatch(&digest, &actual))));
+                part_of.push(0);
+                answered.push(Err(mismatch(&digest, &actual)));
             } else if actual == Digest::EMPTY {
-                results.push(Some(Ok(())));
+                part_of.push(0);
+                answered.push(Ok(()));
             } else {
-                slots.push(results.len());
-                results.push(None);
+                part_of.push(1);
                 forward.push((digest, data));
             }
         }
         let stored = self.inner.put_many(forward).await;
-        for (slot, result) in slots.into_iter().zip(stored) {
-            results[slot] = Some(result);
-        }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(StoreError::Internal(
-                        "the store answered fewer results than blobs it was given".into(),
-                    ))
-                })
-            })
-            .collect()
+        super::gather_in_order(&part_of, vec![answered, stored])
     }
 
     /// Already verified by construction: passed through without hashing again.
