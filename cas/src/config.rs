@@ -430,6 +430,33 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_follows_the_filesystem_store_it_renames_into() {
+        let parse = |text: &str| toml::from_str::<StoreConfig>(text).unwrap();
+        let plain = parse("kind = \"filesystem\"\nroot = \"/c\"\nmax_bytes = \"1 GiB\"");
+        assert!(plain.spool_direct_io(), "direct I/O is the default");
+        let off = parse(
+            r#"
+            kind = "tiered"
+            fast = { kind = "memory", max_bytes = "1 GiB" }
+            slow = { kind = "filesystem", root = "/c", max_bytes = "1 GiB", direct_io = false }
+            "#,
+        );
+        assert!(!off.spool_direct_io());
+        let large_on = parse(
+            r#"
+            kind = "size_partitioned"
+            threshold = "1 MiB"
+            small = { kind = "filesystem", root = "/s", max_bytes = "1 GiB", direct_io = false }
+            large = { kind = "filesystem", root = "/l", max_bytes = "1 GiB" }
+            "#,
+        );
+        assert!(
+            large_on.spool_direct_io(),
+            "spools go next to the large side"
+        );
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let cfg: StoreConfig = toml::from_str(
             r#"
