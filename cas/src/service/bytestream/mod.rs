@@ -13,11 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::proto::bytestream::byte_stream_server::{ByteStream, ByteStreamServer};
+use crate::proto::bytestream::byte_stream_server::ByteStream;
 use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, WriteRequest, WriteResponse,
 };
-use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::resource::{self, Compressor};
@@ -27,10 +26,14 @@ use crate::metrics;
 use crate::store::ByteRange;
 
 mod read;
+mod server;
 mod uploads;
 mod write;
+mod write_request;
+mod write_stream;
 
 pub use read::{ReadStream, READ_ZSTD_LEVEL};
+pub use server::ByteStreamGrpc;
 
 /// Largest ByteStream message accepted or sent: 16 MiB of data plus room for the envelope.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
@@ -78,17 +81,15 @@ impl ByteStreamService {
         self.inner.uploads.len()
     }
 
-    /// The tonic server: messages up to [`MAX_MESSAGE_BYTES`], zstd gRPC compression accepted.
-    pub fn into_server(self) -> ByteStreamServer<Self> {
-        ByteStreamServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            .accept_compressed(CompressionEncoding::Zstd)
+    /// The gRPC server: messages up to [`MAX_MESSAGE_BYTES`], zstd gRPC compression accepted,
+    /// `Write` data taken off the HTTP/2 body without a copy (see [`ByteStreamGrpc`]).
+    pub fn into_server(self) -> ByteStreamGrpc {
+        ByteStreamGrpc::new(self)
     }
 }
 
 /// The ByteStream server over `storage`, ready to add to a tonic router.
-pub fn service(storage: &Storage) -> ByteStreamServer<impl ByteStream> {
+pub fn service(storage: &Storage) -> ByteStreamGrpc {
     ByteStreamService::new(storage).into_server()
 }
 
@@ -105,7 +106,8 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let body = write::write(&self.inner, request.into_inner());
+        let requests = write_stream::WriteRequests::Tonic(request.into_inner());
+        let body = write::write(&self.inner, requests);
         observe("ByteStream.Write", body).await.map(Response::new)
     }
 

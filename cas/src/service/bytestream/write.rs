@@ -7,14 +7,14 @@
 //! content) drops the partial upload. A stream that ends or breaks without `finish_write` leaves
 //! the upload for a later Write to resume at its committed size.
 
-use crate::proto::bytestream::{
-    QueryWriteStatusRequest, QueryWriteStatusResponse, WriteRequest, WriteResponse,
-};
+use crate::proto::bytestream::{QueryWriteStatusRequest, QueryWriteStatusResponse, WriteResponse};
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::uploads::{Checkout, PartialUpload};
+use super::write_request::WriteChunk;
+use super::write_stream::WriteRequests;
 use super::Inner;
 use crate::digest::Digest;
 use crate::metrics;
@@ -49,7 +49,7 @@ enum Failure {
 /// Runs one `Write` stream.
 pub(super) async fn write(
     inner: &Inner,
-    mut stream: Streaming<WriteRequest>,
+    mut stream: WriteRequests,
 ) -> Result<WriteResponse, Status> {
     let Some(mut first) = stream.message().await? else {
         return Err(Status::invalid_argument(
@@ -120,17 +120,16 @@ pub(super) async fn write(
 /// it drops).
 async fn append_all(
     mut checkout: Checkout,
-    mut chunks: mpsc::Receiver<Bytes>,
+    mut chunks: mpsc::Receiver<Vec<Bytes>>,
     digest: Digest,
 ) -> Result<Checkout, Status> {
-    while let Some(chunk) = chunks.recv().await {
-        let mut bytes = chunk.len();
-        let mut batch = vec![chunk];
+    while let Some(mut batch) = chunks.recv().await {
+        let mut bytes: usize = batch.iter().map(Bytes::len).sum();
         while bytes < APPEND_BATCH_BYTES {
             match chunks.try_recv() {
                 Ok(more) => {
-                    bytes += more.len();
-                    batch.push(more);
+                    bytes += more.iter().map(Bytes::len).sum::<usize>();
+                    batch.extend(more);
                 }
                 Err(_) => break,
             }
@@ -147,9 +146,9 @@ async fn append_all(
 /// `finish_write`, the end of the stream, or an error.
 async fn pump(
     name: &str,
-    first: WriteRequest,
-    stream: &mut Streaming<WriteRequest>,
-    chunks: &mpsc::Sender<Bytes>,
+    first: WriteChunk,
+    stream: &mut WriteRequests,
+    chunks: &mpsc::Sender<Vec<Bytes>>,
 ) -> Result<Ended, Failure> {
     let written = metrics::BYTES.with_label_values(&["written"]);
     let mut next_offset = first.write_offset;
@@ -168,7 +167,7 @@ async fn pump(
                 request.resource_name
             ))));
         }
-        let len = request.data.len();
+        let len = request.data_len();
         if len > 0 {
             if chunks.send(request.data).await.is_err() {
                 // The upload task refused the data; its error is the answer.
