@@ -1,12 +1,14 @@
 //! ByteStream through a real tonic client and server on 127.0.0.1: round trips, ranges, zstd in
 //! both directions, resumption, early returns, expiry, and a 1 GiB+ streamed blob. Refusals of bad
-//! input are in `bytestream/refusals.rs`.
+//! input are in `bytestream/refusals.rs`, the gRPC framing of Write in `bytestream/wire.rs`.
 
 mod common;
 #[path = "bytestream/refusals.rs"]
 mod refusals;
 #[path = "bytestream/support.rs"]
 mod support;
+#[path = "bytestream/wire.rs"]
+mod wire;
 
 use std::time::{Duration, Instant};
 

@@ -31,6 +31,8 @@ pub const READ_CHUNK: usize = 256 * 1024;
 /// A running server plus a connected client; everything is torn down on drop.
 pub struct Fixture {
     pub client: ByteStreamClient<Channel>,
+    /// Where the server listens (for clients below tonic, e.g. raw HTTP/2).
+    pub addr: std::net::SocketAddr,
     pub storage: Storage,
     pub service: ByteStreamService,
     pub store: FilesystemStore,
@@ -99,6 +101,7 @@ impl Fixture {
             .max_encoding_message_size(64 << 20);
         Fixture {
             client,
+            addr,
             storage,
             service,
             store,
