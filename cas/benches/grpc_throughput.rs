@@ -283,6 +283,10 @@ async fn loopback_tcp() {
 
 #[tokio::main]
 async fn main() {
+    // The load generator shares the machine with the server; like every farm binary it keeps
+    // freed memory, so each upload's fresh encode buffers are not page-faulted in again (on
+    // this VM that cost the client ~0.4 core-seconds per 1.5 GiB; BENCHMARKS.md has both).
+    cas::process::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

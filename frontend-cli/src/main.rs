@@ -19,6 +19,8 @@ fn main() {
     }
     let cli = Cli::parse_from(args);
     init_logging();
+    // Uploads, downloads and the embedded farm stream megabyte buffers.
+    cas::process::keep_freed_memory();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -87,6 +87,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     cas::process::init_logging();
+    cas::process::keep_freed_memory();
     let args = Args::parse();
     let cas_url = args.cas.clone().unwrap_or_else(|| args.scheduler.clone());
     let store = GrpcStore::connect_lazy(&cas_url, GrpcStoreOptions::default())
