@@ -237,34 +237,23 @@ async fn grpc_encodings_the_server_does_not_accept_are_unimplemented() {
     assert_refused(&fx, reply, Code::Unimplemented, "gzip", &d).await;
 }
 
+/// Uploads `data` as one `WriteRequest` in one zstd-compressed gRPC message.
+async fn zstd_message_write(fx: &Fixture, data: &[u8]) -> RawReply {
+    let message = request(&upload_name(&Digest::of(data)), 0, data, true).encode_to_vec();
+    let compressed = zstd::encode_all(&message[..], 3).unwrap();
+    let frame = framed(1, &compressed);
+    raw_write(fx, &[("grpc-encoding", "zstd")], &[&frame], true).await
+}
+
 #[tokio::test]
 async fn a_zstd_message_inflating_over_the_limit_is_resource_exhausted() {
     let fx = Fixture::start().await;
     let data = vec![0u8; MAX_MESSAGE_BYTES];
+    let reply = zstd_message_write(&fx, &data).await;
     let d = Digest::of(&data);
-    let message = request(&upload_name(&d), 0, &data, true).encode_to_vec();
-    let compressed = zstd::encode_all(&message[..], 3).unwrap();
-    assert!(compressed.len() < MAX_MESSAGE_BYTES / 100);
-    let reply = raw_write(
-        &fx,
-        &[("grpc-encoding", "zstd")],
-        &[&framed(1, &compressed)],
-        true,
-    )
-    .await;
     assert_refused(&fx, reply, Code::ResourceExhausted, "size limit", &d).await;
 
     // Within the limit, a zstd-compressed message is accepted.
-    let data = random_bytes(1000, 79);
-    let d = Digest::of(&data);
-    let message = request(&upload_name(&d), 0, &data, true).encode_to_vec();
-    let compressed = zstd::encode_all(&message[..], 3).unwrap();
-    let reply = raw_write(
-        &fx,
-        &[("grpc-encoding", "zstd")],
-        &[&framed(1, &compressed)],
-        true,
-    )
-    .await;
+    let reply = zstd_message_write(&fx, &random_bytes(1000, 79)).await;
     assert_eq!(reply.committed, Some(1000), "{reply:?}");
 }
