@@ -2,7 +2,8 @@
 //! split across DATA frames at any byte, gRPC-level zstd compression, and the framing errors
 //! (compressed flag without an encoding, a bad flag, a message over the limit, a body that ends
 //! inside a message, an encoding the server does not accept, bytes that are not a
-//! `WriteRequest`). Bodies tonic's client would never send go through a raw `h2` client.
+//! `WriteRequest`), and a client that resets its stream inside a message. Bodies tonic's client
+//! would never send go through a raw `h2` client.
 
 use bazel_remote_apis::google::bytestream::{WriteRequest, WriteResponse};
 use bytes::Bytes;
@@ -256,4 +257,41 @@ async fn a_zstd_message_inflating_over_the_limit_is_resource_exhausted() {
     // Within the limit, a zstd-compressed message is accepted.
     let reply = zstd_message_write(&fx, &random_bytes(1000, 79)).await;
     assert_eq!(reply.committed, Some(1000), "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_cancels_inside_a_message_keeps_what_it_had_committed() {
+    let fx = Fixture::start().await;
+    let data = random_bytes(3000, 80);
+    let d = Digest::of(&data);
+    let name = upload_name(&d);
+    let body = body_of(&requests(&name, &data, 1000, 0, true));
+    let first_and_a_half = &body[..body.len() / 2];
+
+    let tcp = tokio::net::TcpStream::connect(fx.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/google.bytestream.ByteStream/Write",
+        fx.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (_response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(Bytes::copy_from_slice(first_and_a_half), false)
+        .unwrap();
+    fx.wait_committed(&name, 1000).await;
+    send.send_reset(h2::Reason::CANCEL);
+
+    // The upload outlives the cancelled stream and resumes where it was committed.
+    fx.wait_committed(&name, 1000).await;
+    let mut rest = requests("", &data[1000..], 1000, 1000, true);
+    rest[0].resource_name = name.clone();
+    assert_eq!(fx.write(rest).await.unwrap(), 3000);
+    assert_eq!(fx.read(&blob_name(&d), 0, 0).await.unwrap(), data);
+    drop(client);
+    connection.abort();
 }

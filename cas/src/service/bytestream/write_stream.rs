@@ -49,7 +49,10 @@ pub(super) struct BodyMessages {
     pending: Option<(bool, usize)>,
     encoding: Option<CompressionEncoding>,
     max_message_bytes: usize,
+    /// The client ended its stream.
     ended: bool,
+    /// The client reset its stream (`CANCEL`).
+    cancelled: bool,
 }
 
 impl BodyMessages {
@@ -67,6 +70,7 @@ impl BodyMessages {
             encoding,
             max_message_bytes,
             ended: false,
+            cancelled: false,
         }
     }
 
@@ -74,6 +78,11 @@ impl BodyMessages {
         loop {
             if let Some(message) = self.next_message()? {
                 return write_request::decode(message).map(Some);
+            }
+            if self.cancelled {
+                // As tonic: a client that cancels has ended its stream, whatever it had
+                // half sent.
+                return Ok(None);
             }
             if self.ended {
                 return if self.received.len() > 0 || self.pending.is_some() {
@@ -90,7 +99,7 @@ impl BodyMessages {
                         self.received.push(data);
                     }
                 }
-                Some(Err(status)) if status.code() == Code::Cancelled => self.ended = true,
+                Some(Err(status)) if status.code() == Code::Cancelled => self.cancelled = true,
                 Some(Err(status)) => return Err(status),
                 None => self.ended = true,
             }
@@ -157,7 +166,10 @@ impl BodyMessages {
                 self.encoding
             )));
         }
-        let compressed: Vec<u8> = message.iter().flat_map(|p| p.iter().copied()).collect();
+        let mut compressed = Vec::with_capacity(message.iter().map(Bytes::len).sum());
+        for piece in &message {
+            compressed.extend_from_slice(piece);
+        }
         let limit = self.max_message_bytes;
         let mut out = Vec::new();
         zstd::stream::read::Decoder::new(&compressed[..])
@@ -171,6 +183,8 @@ impl BodyMessages {
                  message"
             )));
         }
+        // Held until the spool takes it: no spare capacity pinned with it.
+        out.shrink_to_fit();
         Ok(Bytes::from(out))
     }
 }
