@@ -1,5 +1,6 @@
 //! Process plumbing every farm binary shares at its edge: logs to stderr, the shutdown signal,
-//! and the gRPC server builder tuned for bulk blob traffic.
+//! the gRPC server builder tuned for bulk blob traffic, and the CPU counters load generators
+//! and benchmarks report beside their figures.
 
 use std::time::Duration;
 
@@ -68,4 +69,52 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// User + system CPU time of this process so far (every thread; `getrusage(RUSAGE_SELF)`), or
+/// zero if the kernel refuses to say.
+pub fn process_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass; a zeroed rusage is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer has no other preconditions.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The whole machine's (busy, total) CPU jiffies so far, from the `cpu` line of `/proc/stat`
+/// (`None` where it is not readable): the busy share between two readings is
+/// `Δbusy / Δtotal`, idle and iowait counting as not busy.
+pub fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat(&stat)
+}
+
+fn parse_proc_stat(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_busy_excludes_idle_and_iowait() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(parse_proc_stat(stat), Some((150, 1000)));
+        assert_eq!(parse_proc_stat("nothing"), None);
+    }
 }

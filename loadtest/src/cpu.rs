@@ -34,44 +34,12 @@ pub struct Usage {
     pub machine_busy: Option<f64>,
 }
 
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct we pass; a zeroed rusage is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer has no other preconditions.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// (busy, total) jiffies from the `cpu` line of `/proc/stat`.
-fn machine_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_proc_stat(&stat)
-}
-
-fn parse_proc_stat(stat: &str) -> Option<(u64, u64)> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Some((total.saturating_sub(idle), total))
-}
-
 impl Sample {
     pub fn now() -> Self {
         Sample {
             at: Instant::now(),
-            process: process_cpu(),
-            machine: machine_jiffies(),
+            process: cas::process::process_cpu_time(),
+            machine: cas::process::machine_jiffies(),
         }
     }
 
@@ -102,13 +70,6 @@ impl Sample {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_stat_busy_excludes_idle_and_iowait() {
-        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
-        assert_eq!(parse_proc_stat(stat), Some((150, 1000)));
-        assert_eq!(parse_proc_stat("nothing"), None);
-    }
 
     #[test]
     fn busy_work_shows_up_as_process_cpu() {
