@@ -42,7 +42,7 @@ fn record(dir: &Path, args: &[&str]) -> Vec<Invocation> {
         .collect()
 }
 
-/// Replaces path prefixes and hashes with placeholders.
+/// Replaces path prefixes and hashes with fixed tokens, so two command lines compare equal.
 struct Normalizer {
     replacements: Vec<(String, String)>,
 }
