@@ -69,7 +69,24 @@ done
 sampler_pid=$!
 
 echo "RESULT page_cache_write_new_256mib_file_before $(page_cache_write a) MB/s"
-cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" loopback bytestream find_missing batch_update
+# The loopback probe runs in a process of its own, so nothing it leaves behind (threads,
+# socket memory) is in the uploads measured after it (BENCHMARKS.md, 2026-12-06).
+cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" loopback
+# The server's CPU time and its threads' time runnable but waiting for a core (schedstat),
+# over the 256 MiB writes and reads: whether it lacked cores or work.
+server_sched() {
+    cat /proc/"$server_pid"/task/*/schedstat 2>/dev/null | awk '{c+=$1; w+=$2} END {printf "%d %d\n", c, w}'
+}
+sched_before=$(server_sched)
+cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" bytestream
+sched_after=$(server_sched)
+python3 - "$sched_before" "$sched_after" <<'PY'
+import sys
+(c0, w0), (c1, w1) = (map(int, a.split()) for a in sys.argv[1:3])
+print(f"RESULT server_cpu_bytestream {(c1 - c0) / 1e9:.2f} s")
+print(f"RESULT server_runqueue_wait_bytestream {(w1 - w0) / 1e9:.2f} s")
+PY
+cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" find_missing batch_update
 echo "RESULT page_cache_write_new_256mib_file_after $(page_cache_write b) MB/s"
 rss_before=$(tail -1 "$work/rss.log" | awk '{print $2}')
 start=$(date +%s.%N)
