@@ -165,7 +165,13 @@ impl CpuReading {
     /// over the `secs` since this reading.
     fn cores_since(&self, secs: f64) -> (Option<f64>, f64) {
         let now = CpuReading::now();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // The CPUs /proc/stat counts (all of the machine's, whatever this process may use).
+        let cores = std::fs::read_to_string("/proc/stat").map_or(1, |stat| {
+            stat.lines()
+                .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+                .count()
+                .max(1)
+        }) as f64;
         let machine = match (self.machine, now.machine) {
             (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
                 Some(cores * b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
