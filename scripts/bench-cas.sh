@@ -80,12 +80,9 @@ server_sched() {
 sched_before=$(server_sched)
 cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" bytestream
 sched_after=$(server_sched)
-python3 - "$sched_before" "$sched_after" <<'PY'
-import sys
-(c0, w0), (c1, w1) = (map(int, a.split()) for a in sys.argv[1:3])
-print(f"RESULT server_cpu_bytestream {(c1 - c0) / 1e9:.2f} s")
-print(f"RESULT server_runqueue_wait_bytestream {(w1 - w0) / 1e9:.2f} s")
-PY
+echo "$sched_before $sched_after" | awk '{
+    printf "RESULT server_cpu_bytestream %.2f s\n", ($3 - $1) / 1e9
+    printf "RESULT server_runqueue_wait_bytestream %.2f s\n", ($4 - $2) / 1e9 }'
 cargo bench -p cas --bench grpc_throughput -- "http://127.0.0.1:$port" find_missing batch_update
 echo "RESULT page_cache_write_new_256mib_file_after $(page_cache_write b) MB/s"
 rss_before=$(tail -1 "$work/rss.log" | awk '{print $2}')
